@@ -1,0 +1,51 @@
+"""`taskmedic-exporter [--config FILE] [--listen HOST:PORT]` and `taskmedic-exporter check`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from exporter import __version__, commandline
+from exporter.config import ConfigError, ExporterConfig, load
+from exporter.preflight import preflight
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="taskmedic-exporter",
+                                description="Prometheus exporter for stuck tasks, queues, disks and backups.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commandline.add_common(p, default_config="")
+    p.add_argument("--listen", type=commandline.parse_listen, default=None, metavar="HOST:PORT",
+                   help="address to serve /metrics on (default 0.0.0.0:9863)")
+    sub = p.add_subparsers(dest="command", metavar="{check}")
+    check = sub.add_parser("check", help="validate the config (and with --connect, reach every source)")
+    commandline.add_common(check)
+    check.add_argument("--connect", action="store_true",
+                       help="connect to every database and Redis, and explain the task queries")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.config:
+        parser().error("the following arguments are required: --config")
+    commandline.setup_logging(args)
+    try:
+        config = load(ExporterConfig, args.config)
+    except ConfigError as err:
+        return commandline.report_config_error(err)
+    if args.command == "check":
+        if not args.connect:
+            print(f"{args.config}: valid ({len(config.systems)} systems, {len(config.disks)} disks, "
+                  f"{len(config.backups)} backups)")
+            return commandline.EXIT_OK
+        return asyncio.run(preflight(config, args.config))
+    from exporter.server import make_app
+
+    listen = args.listen or commandline.parse_listen(config.exporter.listen)
+    return commandline.serve(lambda: make_app(config), listen, "exporter")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

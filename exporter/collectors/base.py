@@ -1,0 +1,30 @@
+"""What a collector is: a name, a schedule, and `collect()` returning samples or raising."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from exporter.config.model import ExporterConfig
+from exporter.connections import Connections
+from exporter.metrics import Sample
+
+
+class Collector(Protocol):
+    @property
+    def name(self) -> str:
+        """The `collector` label, e.g. "tasks:cape"."""
+        ...
+
+    @property
+    def interval(self) -> float: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    async def collect(self) -> list[Sample]:
+        """Read the source once. Raise on failure; the runtime times, catches and reports it."""
+        ...
+
+
+Factory = Callable[[ExporterConfig, Connections], Sequence[Collector]]

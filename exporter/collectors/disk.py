@@ -1,0 +1,50 @@
+"""DiskCollector: free space and inodes of a path's filesystem (statvfs, as `df` reports)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+
+from exporter.config.model import Disk, ExporterConfig
+from exporter.connections import Connections
+from exporter.metrics import Sample, sample
+
+
+@dataclass
+class DiskCollector:
+    disk: Disk
+
+    @property
+    def name(self) -> str:
+        return f"disk:{self.disk.path}"
+
+    @property
+    def interval(self) -> float:
+        return self.disk.interval
+
+    @property
+    def timeout(self) -> float:
+        return self.disk.timeout
+
+    async def collect(self) -> list[Sample]:
+        # statvfs can block on a hung network filesystem: keep it off the event loop.
+        st = await asyncio.to_thread(os.statvfs, self.disk.path)
+        path = self.disk.path
+        size = st.f_blocks * st.f_frsize
+        free = st.f_bavail * st.f_frsize
+        # f_bavail (not f_bfree): what non-root writers such as CAPE can still use.
+        usable = (st.f_bavail + (st.f_blocks - st.f_bfree)) * st.f_frsize
+        ratio = free / usable if usable else 0.0
+        inodes = st.f_files
+        inode_ratio = st.f_favail / inodes if inodes else 1.0
+        return [
+            sample("taskmedic_disk_free_bytes", free, path=path),
+            sample("taskmedic_disk_size_bytes", size, path=path),
+            sample("taskmedic_disk_free_ratio", ratio, path=path),
+            sample("taskmedic_disk_inodes_free_ratio", inode_ratio, path=path),
+        ]
+
+
+def build(config: ExporterConfig, connections: Connections) -> list[DiskCollector]:
+    return [DiskCollector(d) for d in config.disks]

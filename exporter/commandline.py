@@ -1,0 +1,68 @@
+"""What both commands share on the command line: flags, exit codes, config errors, listening."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+from exporter import logs
+from exporter.config.loader import ConfigError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def add_common(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    parser.add_argument("--config", metavar="FILE", required=default_config is None, default=default_config,
+                        help="YAML config file")
+    parser.add_argument("--log-format", choices=["json", "text"], default="text")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an empty host means all interfaces
+
+
+def report_config_error(err: ConfigError) -> int:
+    for problem in err.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def serve(make_app: Callable[[], web.Application], listen: tuple[str, int], name: str) -> int:
+    """Run an aiohttp app until SIGTERM/SIGINT; cleanup contexts close everything."""
+    log = logging.getLogger(f"taskmedic.{name}")
+
+    async def main() -> None:
+        app = make_app()
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, listen[0], listen[1])
+        await site.start()
+        log.info("listening", extra={"address": f"{listen[0]}:{listen[1]}"})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    except OSError as e:
+        print(f"error: cannot listen on {listen[0]}:{listen[1]}: {e.strerror}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    logs.setup(args.log_format, args.log_level)

@@ -1,0 +1,270 @@
+"""Typed, frozen configuration shared by the exporter and the remediator.
+
+Only `systems` is read by both processes; the exporter owns `disks`, `backups` and `exporter`,
+the remediator owns `remediator`. Each process ignores the other's sections.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def parse_duration(value: Any) -> float:
+    """`30s`, `10m`, `1.5h`, `2d`, or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 10m, 1h, 2d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError("expected a duration like 30s, 10m, 1h, 2d")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def _identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        raise ValueError("expected a plain SQL column name (letters, digits, underscore)")
+    return value
+
+
+def _qualified(value: str) -> str:
+    parts = value.split(".")
+    if len(parts) > 2 or not all(_IDENTIFIER.match(p) for p in parts):
+        raise ValueError("expected a table name, optionally schema-qualified (schema.table)")
+    return value
+
+
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError("expected a name of letters, digits, '_', '-' or '.'")
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression: {e}") from None
+    return value
+
+
+def _dsn(scheme_prefixes: tuple[str, ...], what: str) -> Any:
+    def check(value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        try:
+            parts = urlsplit(raw)
+            _ = parts.port  # raises on a non-numeric port
+        except ValueError:
+            raise ValueError(f"not a valid {what} URL") from None
+        if not parts.scheme.startswith(scheme_prefixes) or not (parts.hostname or parts.path):
+            raise ValueError(f"expected a {what} URL like {scheme_prefixes[0]}://user@host:port/db")
+        return value
+    return AfterValidator(check)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Identifier = Annotated[str, AfterValidator(_identifier)]
+TableName = Annotated[str, AfterValidator(_qualified)]
+Name = Annotated[str, AfterValidator(_name)]
+Regex = Annotated[str, AfterValidator(_regex)]
+PostgresDsn = Annotated[SecretStr, _dsn(("postgres",), "PostgreSQL")]
+RedisUrl = Annotated[SecretStr, _dsn(("redis", "rediss", "unix"), "Redis")]
+
+
+def redact(url: str) -> str:
+    """A DSN fit for logs: the password replaced by ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LiveWorkers(Model):
+    """Where the live workers are listed: a Redis set of names (RQ's `rq:workers`)."""
+
+    redis_set: str
+    member_prefix: str = ""  # RQ stores `rq:worker:<name>`; the column holds `<name>`
+
+
+class StuckRule(Model):
+    """One way a task can be stuck; exactly one kind of check per rule.
+
+    - age check: `age` column older than `max_age` (constant) or `max_age_sql` (per row);
+    - process check: `pid` column names a process that is gone (or does not match);
+    - worker check: `worker` column names a worker missing from `live_workers`.
+    """
+
+    status: str
+    age: Identifier | None = None
+    max_age: Duration | None = None
+    max_age_sql: str | None = None
+    pid: Identifier | None = None
+    process_match: Regex | None = None
+    worker: Identifier | None = None
+    live_workers: LiveWorkers | None = None
+    min_age: Duration = 0.0
+    where: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StuckRule:
+        kinds = [k for k, on in (("max_age", self.max_age is not None or self.max_age_sql is not None),
+                                 ("pid", self.pid is not None),
+                                 ("worker", self.worker is not None)) if on]
+        if len(kinds) != 1:
+            raise ValueError("set exactly one check: max_age (or max_age_sql) with age, pid, or worker")
+        if self.max_age is not None and self.max_age_sql is not None:
+            raise ValueError("set max_age or max_age_sql, not both")
+        if kinds[0] == "max_age" and self.age is None:
+            raise ValueError("an age check needs `age`: the timestamp column to measure from")
+        if kinds[0] == "worker" and self.live_workers is None:
+            raise ValueError("a worker check needs `live_workers`")
+        if self.min_age and self.age is None:
+            raise ValueError("min_age needs `age`: the timestamp column to measure from")
+        return self
+
+    @property
+    def kind(self) -> Literal["age", "pid", "worker"]:
+        if self.pid is not None:
+            return "pid"
+        if self.worker is not None:
+            return "worker"
+        return "age"
+
+
+class TaskTable(Model):
+    """Where a system keeps task state in PostgreSQL and what its states mean."""
+
+    table: TableName | None = None
+    query: str | None = None  # a SELECT that yields the columns below (a view of the tasks)
+    status_column: Identifier = "status"
+    statuses: list[str] = Field(min_length=1)
+    live: list[str] = Field(default_factory=list)  # not terminal: counted and aged every cycle
+    age_columns: dict[str, Identifier] = Field(default_factory=dict)  # status → timestamp column
+    stuck: dict[Name, StuckRule] = Field(default_factory=dict)
+    history_interval: Duration = 300.0  # terminal statuses are counted this often
+    max_rows_checked: int = Field(default=10_000, gt=0)  # cap on rows fetched for pid/worker checks
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskTable:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("set exactly one of `table` or `query`")
+        for label, values in (("live", self.live), ("age_columns", list(self.age_columns))):
+            unknown = [s for s in values if s not in self.statuses]
+            if unknown:
+                raise ValueError(f"{label}: {', '.join(map(repr, unknown))} not in statuses")
+        bad = {r: rule.status for r, rule in self.stuck.items() if rule.status not in self.live}
+        if bad:
+            raise ValueError("stuck: " + ", ".join(f"{r} checks status {s!r}, which is not in live"
+                                                   for r, s in bad.items()))
+        return self
+
+    @property
+    def terminal(self) -> list[str]:
+        return [s for s in self.statuses if s not in self.live]
+
+
+class QueueSource(Model):
+    """Where a system keeps work in Redis."""
+
+    type: Literal["celery", "rq", "list", "harbor"]
+    names: list[str] = Field(default_factory=list)
+    discover: bool = True  # find more queues (kombu bindings, rq:queues, known_jobs, SCAN)
+    max_queues: int = Field(default=1000, gt=0)  # cardinality cap on discovered queues
+    namespace: str | None = None  # harbor job service namespace
+    priority_steps: list[int] = Field(default_factory=lambda: [3, 6, 9])  # celery sub-queues
+    visibility_timeout: Duration = 3600.0  # celery: unacked older than this are stuck
+    max_unacked_scanned: int = Field(default=10_000, gt=0)
+
+    @model_validator(mode="after")
+    def _namespace(self) -> QueueSource:
+        if self.type == "harbor" and not self.namespace:
+            raise ValueError("a harbor queue source needs `namespace`")
+        return self
+
+
+class System(Model):
+    profile: str | None = None
+    database: PostgresDsn | None = None
+    redis: RedisUrl | None = None
+    tasks: TaskTable | None = None
+    queues: QueueSource | None = None
+    interval: Duration = 15.0
+    timeout: Duration = 10.0
+    timezone: str | None = None  # session TimeZone: how naive timestamp columns are read
+
+    @model_validator(mode="after")
+    def _sources(self) -> System:
+        if self.tasks is not None and self.database is None:
+            raise ValueError("`tasks` needs `database`: a PostgreSQL DSN")
+        if self.queues is not None and self.redis is None:
+            raise ValueError("`queues` needs `redis`: a Redis URL")
+        if self.database is None and self.redis is None:
+            raise ValueError("a system needs `database` or `redis` (or both)")
+        if self.tasks is not None:
+            worker_rules = [r for r in self.tasks.stuck.values() if r.kind == "worker"]
+            if worker_rules and self.redis is None:
+                raise ValueError("a worker check reads live workers from Redis: set `redis`")
+        return self
+
+
+class Disk(Model):
+    path: str
+    interval: Duration = 30.0
+    timeout: Duration = 5.0
+
+
+class Backup(Model):
+    path: str
+    pattern: str = "*"
+    in_progress: Duration = 60.0  # a file modified more recently is still being written
+    interval: Duration = 60.0
+    timeout: Duration = 10.0
+
+
+class ExporterSettings(Model):
+    listen: str = "0.0.0.0:9863"
+
+
+class ExporterConfig(Model):
+    """What `taskmedic-exporter` reads; the remediator's section is ignored."""
+
+    systems: dict[Name, System] = Field(default_factory=dict)
+    disks: list[Disk] = Field(default_factory=list)
+    backups: dict[Name, Backup] = Field(default_factory=dict)
+    exporter: ExporterSettings = ExporterSettings()
+    remediator: Any = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ExporterConfig:
+        if not (self.systems or self.disks or self.backups):
+            raise ValueError("nothing to watch: configure at least one of systems, disks, backups")
+        return self

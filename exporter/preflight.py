@@ -1,0 +1,80 @@
+"""`taskmedic-exporter check --connect`: reach every source and explain every task query."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from exporter.collectors.tasks import build_live_query
+from exporter.config.model import ExporterConfig, redact
+from exporter.connections import Connections
+
+
+def seq_scans(plan: Any) -> list[str]:
+    """Relations the plan reads with a sequential scan."""
+    found: list[str] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        if node.get("Node Type") == "Seq Scan":
+            found.append(str(node.get("Relation Name")))
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return found
+
+
+async def preflight(config: ExporterConfig, file: str) -> int:
+    problems = 0
+    connections = Connections("taskmedic-exporter-check")
+    try:
+        for name, system in config.systems.items():
+            if system.database is not None:
+                where = redact(system.database.get_secret_value())
+                try:
+                    pool = await connections.pg(system.database, system.timezone, system.timeout)
+                    async with pool.acquire() as conn:
+                        await conn.fetchval("select 1")
+                        if system.tasks is not None:
+                            q = build_live_query(system.tasks)
+                            raw = await conn.fetchval("explain (format json) " + q.sql, *q.params)
+                            scans = sorted(set(seq_scans(json.loads(raw))))
+                            index = system.tasks.status_column
+                            if scans:
+                                print(f"{name}: database {where}: reachable; the live query scans "
+                                      f"{', '.join(scans)} sequentially: an index on ({index}) keeps its "
+                                      "cost bound to live tasks (fine while the table is small)")
+                            else:
+                                print(f"{name}: database {where}: reachable; live query uses indexes")
+                except Exception as e:  # report every unreachable source, not just the first
+                    problems += 1
+                    print(f"{file}: systems.{name}.database: cannot query {where}: {type(e).__name__}: {e}",
+                          file=sys.stderr)
+            if system.redis is not None:
+                where = redact(system.redis.get_secret_value())
+                try:
+                    await connections.redis(system.redis).ping()
+                    print(f"{name}: redis {where}: reachable")
+                except Exception as e:
+                    problems += 1
+                    print(f"{file}: systems.{name}.redis: cannot reach {where}: {type(e).__name__}: {e}",
+                          file=sys.stderr)
+        problems += check_paths(config, file)
+    finally:
+        await connections.close()
+    return 1 if problems else 0
+
+
+def check_paths(config: ExporterConfig, file: str) -> int:
+    problems = 0
+    for i, disk in enumerate(config.disks):
+        if not os.path.exists(disk.path):
+            problems += 1
+            print(f"{file}: disks[{i}].path: {disk.path} does not exist", file=sys.stderr)
+    for label, backup in config.backups.items():
+        if not os.path.isdir(backup.path):
+            problems += 1
+            print(f"{file}: backups.{label}.path: {backup.path} is not a directory", file=sys.stderr)
+    return problems
