@@ -23,6 +23,8 @@ from pydantic import BaseModel, ValidationError
 KeyPath = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 
+# values under these keys are never echoed back in an error (they hold DSNs or credentials)
+_SECRET_KEY = re.compile(r"(?i)database|redis|journal|dsn|url|password|token|secret|credential")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
@@ -214,7 +216,9 @@ def _describe(err: Any, model: type[BaseModel], path: KeyPath) -> str:
     if kind == "missing":
         return "required key is missing"
     msg = str(err["msg"]).removeprefix("Value error, ")
-    if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], dict):
+    secret = bool(path) and _SECRET_KEY.search(str(path[-1])) is not None
+    if "input" in err and not secret and kind not in ("model_type", "dict_type") and not isinstance(
+            err["input"], dict):
         shown = err["input"]
         if isinstance(shown, str) and len(shown) > 60:
             shown = shown[:57] + "..."

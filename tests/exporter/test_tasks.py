@@ -1,0 +1,190 @@
+"""Each task-table profile against its system's real schema, stuck and healthy side by side."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import Database
+from tests.exporter.helpers import collect, value
+
+CAPE_INSERT = ("insert into tasks (target, category, memory, enforce_timeout, clock, added_on, started_on, status,"
+               " timeout, timedout) select 'x.exe', 'file', false, false, localtimestamp, {added}, {started},"
+               " '{status}', {timeout}, false from generate_series(1, {n})")
+
+
+def seed_cape(db: Database, n: int, status: str, added: str, started: str = "null", timeout: int = 0) -> None:
+    db.sql(CAPE_INSERT.format(n=n, status=status, added=added, started=started, timeout=timeout))
+
+
+def cape_config(db: Database, extra: str = "") -> str:
+    return f"systems:\n  cape:\n    profile: cape\n    database: {db.dsn}\n{extra}"
+
+
+async def test_cape_pending_pileup_is_counted_as_stuck(db: Database, tmp: Path) -> None:
+    db.load("cape.sql")
+    seed_cape(db, 5, "pending", "localtimestamp - interval '3 days'")
+    seed_cape(db, 2, "pending", "localtimestamp - interval '5 seconds'")
+    seed_cape(db, 40, "reported", "localtimestamp - interval '9 days'", "localtimestamp - interval '9 days'")
+    r = (await collect(tmp, cape_config(db)))["tasks:cape"]
+    assert r.up, r.error
+    assert value(r, "taskmedic_tasks", status="pending") == 7
+    assert value(r, "taskmedic_tasks", status="reported") == 40
+    assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long", status="pending") == 5
+    age = value(r, "taskmedic_task_oldest_age_seconds", status="pending")
+    assert age is not None and 3 * 86400 - 60 < age < 3 * 86400 + 60
+
+
+async def test_cape_every_status_and_reason_is_exported_as_zero(db: Database, tmp: Path) -> None:
+    db.load("cape.sql")
+    r = (await collect(tmp, cape_config(db)))["tasks:cape"]
+    statuses = {dict(s.labels)["status"] for s in r.samples if s.name == "taskmedic_tasks"}
+    assert statuses == {"banned", "pending", "running", "completed", "distributed", "reported", "recovered",
+                        "failed_analysis", "failed_processing", "failed_reporting"}
+    assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long") == 0
+    assert value(r, "taskmedic_stuck_tasks", reason="running_too_long") == 0
+    assert value(r, "taskmedic_task_oldest_age_seconds", status="running") == 0
+
+
+async def test_cape_running_past_its_own_timeout_is_stuck_but_a_long_timeout_is_not(db: Database, tmp: Path) -> None:
+    db.load("cape.sql")
+    # default timeout (0 → 200 s) plus 15 min grace: 2 h is stuck
+    seed_cape(db, 2, "running", "localtimestamp - interval '2 hours'", "localtimestamp - interval '2 hours'", 0)
+    # a slow but healthy analysis: 3 h timeout, running for 2 h
+    seed_cape(db, 1, "running", "localtimestamp - interval '2 hours'", "localtimestamp - interval '2 hours'", 10800)
+    # started a second ago
+    seed_cape(db, 1, "running", "localtimestamp", "localtimestamp - interval '1 second'", 0)
+    r = (await collect(tmp, cape_config(db)))["tasks:cape"]
+    assert value(r, "taskmedic_tasks", status="running") == 4
+    assert value(r, "taskmedic_stuck_tasks", reason="running_too_long") == 2
+
+
+async def test_ages_use_the_database_clock_and_timezone(pg, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    name = pg.create_database()
+    pg.psql(f"alter database \"{name}\" set timezone to 'Pacific/Kiritimati'", db=name)  # UTC+14
+    db = Database(pg, name)
+    db.load("cape.sql")
+    seed_cape(db, 1, "pending", "localtimestamp - interval '10 minutes'")
+    r = (await collect(tmp, cape_config(db)))["tasks:cape"]
+    age = value(r, "taskmedic_task_oldest_age_seconds", status="pending")
+    assert age is not None and 590 < age < 660, age  # not off by the 14 h zone offset
+    assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long") == 0
+
+
+def seed_timeline(db: Database, statuses: list[tuple[str, str]]) -> None:
+    """One timeline whose status history is `statuses` [(status, age), ...], oldest first."""
+    tid = db.sql("insert into timeline (name, created_at) values ('t', now()) returning id").splitlines()[0]
+    for status, age in statuses:
+        db.sql(f"insert into timeline_status (status, parent_id, created_at) "
+               f"values ('{status}', {tid}, now() - interval '{age}')")
+
+
+async def test_timesketch_processing_timeline_is_judged_by_its_latest_status(db: Database, tmp: Path) -> None:
+    db.load("timesketch.sql")
+    seed_timeline(db, [("new", "5 hours"), ("processing", "4 hours")])  # orphaned by a dead worker
+    seed_timeline(db, [("new", "5 hours"), ("processing", "4 hours"), ("ready", "3 hours")])  # finished
+    seed_timeline(db, [("processing", "20 minutes")])  # importing a large file, healthy
+    r = (await collect(tmp, f"systems:\n  ts:\n    profile: timesketch\n    database: {db.dsn}\n"))["tasks:ts"]
+    assert r.up, r.error
+    assert value(r, "taskmedic_tasks", status="processing") == 2
+    assert value(r, "taskmedic_tasks", status="ready") == 1
+    assert value(r, "taskmedic_stuck_tasks", reason="running_too_long", status="processing") == 1
+
+
+async def test_harbor_execution_sweep_stuck_in_running(db: Database, tmp: Path) -> None:
+    db.load("harbor.sql")
+    db.sql("insert into execution (vendor_type, status, trigger, start_time) values "
+           "('EXECUTION_SWEEP', 'Running', 'SCHEDULE', now() - interval '3 days'), "
+           "('GARBAGE_COLLECTION', 'Running', 'MANUAL', now() - interval '10 minutes'), "
+           "('SCAN_ALL', 'Success', 'MANUAL', now() - interval '5 days')")
+    r = (await collect(tmp, f"systems:\n  harbor:\n    profile: harbor\n    database: {db.dsn}\n"
+                            f"    redis: redis://127.0.0.1:1/0\n    queues: null\n"))["tasks:harbor"]
+    assert r.up, r.error
+    assert value(r, "taskmedic_tasks", status="Running") == 2
+    assert value(r, "taskmedic_tasks", status="Success") == 1
+    assert value(r, "taskmedic_stuck_tasks", reason="running_too_long") == 1
+    assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long") == 0
+
+
+async def test_scanner_zombie_engine_is_process_gone(db: Database, tmp: Path) -> None:
+    db.load("scanner.sql")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        db.sql(f"insert into scan_tasks (target, state, engine_pid, started_at) values "
+               f"('a', 'Running', {alive.pid}, now() - interval '2 hours'), "
+               f"('b', 'Running', {dead.pid}, now() - interval '2 hours'), "
+               f"('c', 'Running', {dead.pid}, now() - interval '1 second'), "  # just started: not judged
+               f"('d', 'Runnable', null, null)")
+        db.sql("update scan_tasks set updated_at = now() - interval '2 hours' where target = 'd'")
+        r = (await collect(tmp, f"systems:\n  scan:\n    profile: scanner\n    database: {db.dsn}\n"))["tasks:scan"]
+        assert r.up, r.error
+        assert value(r, "taskmedic_stuck_tasks", reason="process_gone", status="Running") == 1
+        assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long", status="Runnable") == 1
+        alive.kill()
+        alive.wait()
+        r = (await collect(tmp, f"systems:\n  scan:\n    profile: scanner\n    database: {db.dsn}\n"))["tasks:scan"]
+        assert value(r, "taskmedic_stuck_tasks", reason="process_gone") == 2
+    finally:
+        alive.kill()
+
+
+async def test_process_match_treats_a_reused_pid_as_gone(db: Database, tmp: Path) -> None:
+    db.load("scanner.sql")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        db.sql(f"insert into scan_tasks (target, state, engine_pid, started_at) values "
+               f"('a', 'Running', {other.pid}, now() - interval '1 hour')")
+        extra = ("    tasks:\n      stuck:\n        process_gone:\n          process_match: zap-engine\n")
+        r = (await collect(tmp, f"systems:\n  scan:\n    profile: scanner\n    database: {db.dsn}\n{extra}"))
+        assert value(r["tasks:scan"], "taskmedic_stuck_tasks", reason="process_gone") == 1
+    finally:
+        other.kill()
+
+
+CUSTOM = """systems:
+  app:
+    database: {dsn}
+    redis: {redis}
+    tasks:
+      table: jobs
+      statuses: [queued, started, done]
+      live: [queued, started]
+      age_columns: {{queued: enqueued_at, started: started_at}}
+      stuck:
+        heartbeat_lost: {{status: started, age: heartbeat_at, max_age: 2m}}
+        worker_gone:
+          status: started
+          worker: worker
+          age: started_at
+          min_age: 10s
+          live_workers: {{redis_set: "rq:workers", member_prefix: "rq:worker:"}}
+"""
+
+
+async def test_custom_system_heartbeat_and_worker_checks(db: Database, redis_url: str, tmp: Path) -> None:
+    import redis
+
+    db.sql("create table jobs (id serial primary key, status text not null, worker text, "
+           "enqueued_at timestamptz default now(), started_at timestamptz, heartbeat_at timestamptz)")
+    db.sql("insert into jobs (status, worker, started_at, heartbeat_at) values "
+           "('started', 'w1', now() - interval '1 hour', now() - interval '5 minutes'), "   # heartbeat lost
+           "('started', 'w1', now() - interval '1 hour', now() - interval '110 seconds'), "  # just inside
+           "('started', 'w2', now() - interval '1 hour', now()), "                          # worker w2 is gone
+           "('started', 'w3', now() - interval '1 second', now()), "                        # too young to judge
+           "('done', 'w1', now() - interval '2 days', null)")
+    redis.Redis.from_url(redis_url).sadd("rq:workers", "rq:worker:w1")
+    r = (await collect(tmp, CUSTOM.format(dsn=db.dsn, redis=redis_url)))["tasks:app"]
+    assert r.up, r.error
+    assert value(r, "taskmedic_stuck_tasks", reason="heartbeat_lost") == 1
+    assert value(r, "taskmedic_stuck_tasks", reason="worker_gone") == 1
+    assert value(r, "taskmedic_tasks", status="done") == 1
+
+
+async def test_unreachable_database_reports_down_without_series(tmp: Path) -> None:
+    r = (await collect(tmp, "systems:\n  cape:\n    profile: cape\n    database: postgresql://u@127.0.0.1:1/x\n"
+                            "    timeout: 2s\n"))["tasks:cape"]
+    assert not r.up and r.error
+    assert r.samples == ()
