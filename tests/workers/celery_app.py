@@ -1,0 +1,18 @@
+"""A real Celery app for the tests: Redis broker, late acks, one slow task."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+app = Celery("taskmedic_tests", broker=os.environ["TASKMEDIC_TEST_BROKER"])
+app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True,
+                task_default_queue="celery", worker_hijack_root_logger=False)
+
+
+@app.task(name="slow")
+def slow(seconds: float) -> str:
+    time.sleep(seconds)
+    return "done"
