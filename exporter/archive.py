@@ -49,7 +49,7 @@ def check_zip(f: BinaryIO, size: int) -> Verdict:
         return False, "zip: shorter than an end-of-central-directory record"
     tail_len = min(size, _EOCD_MIN + _MAX_COMMENT)
     tail = _read_at(f, size - tail_len, tail_len)
-    pos = tail.rfind(_EOCD)
+    pos = tail.rfind(_EOCD, 0, len(tail) - _EOCD_MIN + 4)
     while pos != -1:
         comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
         if pos + _EOCD_MIN + comment_len == len(tail):
@@ -124,6 +124,15 @@ def check_pgdump(f: BinaryIO, size: int) -> Verdict:
 
 
 # path → ((size, mtime), verdict): a gzip stream is decompressed once per version of a file.
+_BY_NAME: dict[str, Kind] = {".zip": "zip", ".gz": "gzip", ".tgz": "gzip", ".tar": "tar", ".dump": "pgdump",
+                             ".pgdump": "pgdump"}
+
+
+def expected_kind(path: str) -> Kind:
+    """What a file's name promises: `backup.zip` had better be a zip."""
+    return _BY_NAME.get(os.path.splitext(path)[1].lower(), "unknown")
+
+
 _gzip_cache: dict[str, tuple[tuple[int, float], Verdict]] = {}
 
 
@@ -133,6 +142,8 @@ def check_file(path: str) -> Verdict:
     with open(path, "rb") as f:
         head = f.read(512)
         kind = sniff(head)
+        if expected_kind(path) not in ("unknown", kind) and kind != "unknown":
+            return False, f"named like {expected_kind(path)} but is {kind}"
         if kind == "zip":
             return check_zip(f, st.st_size)
         if kind == "tar":
@@ -148,6 +159,7 @@ def check_file(path: str) -> Verdict:
             return cached[1]
     if st.st_size == 0:
         return False, "empty file"
-    if path.endswith(".zip"):
-        return False, "zip: no local file header at the start"
+    promised = expected_kind(path)
+    if promised != "unknown":
+        return False, f"named like {promised} but does not start like one"
     return True, "unknown format: non-empty"

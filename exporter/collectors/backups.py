@@ -28,10 +28,10 @@ class BackupState:
 
 def inspect(backup: Backup, now: float) -> BackupState:
     """Blocking filesystem work; runs in a thread."""
-    paths = [p for p in glob.glob(os.path.join(glob.escape(backup.path), backup.pattern))
-             if os.path.isfile(p) and not os.path.islink(p)]
     if not os.path.isdir(backup.path):
         raise FileNotFoundError(f"backup directory {backup.path} does not exist")
+    paths = [p for p in glob.glob(os.path.join(glob.escape(backup.path), backup.pattern))
+             if os.path.isfile(p) and not os.path.islink(p)]
     stats = sorted(((os.stat(p), p) for p in paths), key=lambda sp: sp[0].st_mtime, reverse=True)
     if not stats:
         return BackupState(0, 0, 0, 0.0, False, False, "no backup files", 0.0)

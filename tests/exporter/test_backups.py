@@ -1,0 +1,138 @@
+"""Backup validity from the file's structure: the truncated SysReptor zip is caught."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import subprocess
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from exporter.archive import check_file
+from tests.conftest import Database
+from tests.exporter.helpers import collect, value
+
+
+def make_zip(path: Path, size: int = 200_000, **kw: object) -> Path:
+    with zipfile.ZipFile(path, "w", **kw) as z:  # type: ignore[arg-type]
+        z.writestr("backup.jsonl", os.urandom(size // 2).hex()[: size])
+        z.writestr("stats.json", "{}")
+    return path
+
+
+def truncate(path: Path, drop: int) -> Path:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - drop)
+    return path
+
+
+def age(path: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_zip_complete_and_truncated(tmp: Path) -> None:
+    assert check_file(str(make_zip(tmp / "a.zip")))[0]
+    ok, why = check_file(str(truncate(make_zip(tmp / "b.zip"), 120)))
+    assert not ok and "end-of-central-directory" in why
+    # cut in the middle of the data, as a writer killed mid-stream leaves it
+    ok, _ = check_file(str(truncate(make_zip(tmp / "c.zip"), 100_000)))
+    assert not ok
+
+
+def test_zip_with_a_comment_and_zip64(tmp: Path) -> None:
+    p = tmp / "comment.zip"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("a", "b")
+        z.comment = b"PK\x05\x06 fake record inside the comment"
+    assert check_file(str(p))[0]
+    p64 = tmp / "z64.zip"
+    with zipfile.ZipFile(p64, "w", allowZip64=True) as z:
+        for i in range(70_000):  # more entries than a classic record can count: ZIP64
+            z.writestr(f"f{i}", b"")
+    ok, why = check_file(str(p64))
+    assert ok, why
+    assert not check_file(str(truncate(p64, 30)))[0]
+
+
+def test_gzip_tar_and_plain(tmp: Path) -> None:
+    raw = os.urandom(300_000)
+    gz = tmp / "dump.sql.gz"
+    gz.write_bytes(gzip.compress(raw))
+    assert check_file(str(gz))[0]
+    cut = tmp / "cut.sql.gz"
+    cut.write_bytes(gzip.compress(raw)[:-5000])
+    ok, why = check_file(str(cut))
+    assert not ok and "truncated" in why
+    tar = tmp / "files.tar"
+    with tarfile.open(tar, "w") as t:
+        info = tarfile.TarInfo("x")
+        info.size = 5000
+        t.addfile(info, io.BytesIO(b"x" * 5000))
+    assert check_file(str(tar))[0]
+    # tar pads to 10 KiB records, so a writer killed mid-file leaves data, not zeros, at the end
+    assert not check_file(str(truncate(tar, tar.stat().st_size - 2560)))[0]
+    empty = tmp / "empty.bak"
+    empty.write_bytes(b"")
+    assert not check_file(str(empty))[0]
+
+
+def test_real_pg_dump_custom_format(db: Database, tmp: Path) -> None:
+    db.sql("create table t as select generate_series(1, 1000) as x")
+    out = tmp / "db.dump"
+    subprocess.run(["pg_dump", "-Fc", "-f", str(out), db.dsn], check=True)
+    assert check_file(str(out)) == (True, check_file(str(out))[1])
+    assert check_file(str(out))[0]
+    garbage = tmp / "bad.dump"
+    garbage.write_bytes(b"PGDMX" + b"\0" * 100)
+    assert not check_file(str(garbage))[0]
+
+
+@pytest.mark.parametrize("drop", [1, 22, 4096])
+def test_any_truncation_of_the_tail_is_caught(tmp: Path, drop: int) -> None:
+    assert not check_file(str(truncate(make_zip(tmp / "t.zip"), drop)))[0]
+
+
+async def test_backup_set_newest_invalid_in_progress_and_sizes(tmp: Path) -> None:
+    d = tmp / "backups"
+    d.mkdir()
+    older = make_zip(d / "backup-1.zip", 400_000)
+    age(older, 86400)
+    newest = truncate(make_zip(d / "backup-2.zip", 100_000), 200)
+    age(newest, 3600)
+    (d / "notes.txt").write_text("not a backup")
+    cfg = f"backups:\n  sysreptor:\n    path: {d}\n    pattern: '*.zip'\n"
+    r = (await collect(tmp, cfg))["backups:sysreptor"]
+    assert r.up, r.error
+    assert value(r, "taskmedic_backup_files") == 2
+    assert value(r, "taskmedic_backup_valid") == 0
+    assert value(r, "taskmedic_backup_size_bytes") == newest.stat().st_size
+    assert value(r, "taskmedic_backup_previous_size_bytes") == older.stat().st_size
+    assert value(r, "taskmedic_backup_last_modified_timestamp_seconds") == pytest.approx(newest.stat().st_mtime)
+    assert value(r, "taskmedic_backup_last_valid_timestamp_seconds") == pytest.approx(older.stat().st_mtime)
+    # a backup being written right now is not judged: the finished one before it is
+    writing = d / "backup-3.zip"
+    writing.write_bytes(b"PK\x03\x04 partial")
+    r = (await collect(tmp, cfg))["backups:sysreptor"]
+    assert value(r, "taskmedic_backup_in_progress") == 1
+    assert value(r, "taskmedic_backup_valid") == 0  # still backup-2's verdict
+
+
+async def test_missing_backup_directory_is_a_collector_failure(tmp: Path) -> None:
+    r = (await collect(tmp, f"backups:\n  gone:\n    path: {tmp}/nope\n"))["backups:gone"]
+    assert not r.up and "does not exist" in (r.error or "")
+
+
+async def test_disk_ratios_match_statvfs(tmp: Path) -> None:
+    r = (await collect(tmp, f"disks:\n  - path: {tmp}\n"))[f"disk:{tmp}"]
+    st = os.statvfs(tmp)
+    ratio = value(r, "taskmedic_disk_free_ratio", path=str(tmp))
+    assert ratio is not None and 0 < ratio <= 1
+    assert value(r, "taskmedic_disk_size_bytes") == st.f_blocks * st.f_frsize
+    inodes = value(r, "taskmedic_disk_inodes_free_ratio")
+    assert inodes is not None and 0 <= inodes <= 1
