@@ -38,7 +38,7 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     last: Exception | None = None
     while time.monotonic() < end:
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback test server
+            with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status < 500:
                     return
         except Exception as e:
