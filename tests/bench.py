@@ -109,7 +109,8 @@ def query_exporter_bin() -> str | None:
     exe = venv / "bin" / "query-exporter"
     if not (venv / "ready").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        res = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "query-exporter", "psycopg[binary]"], capture_output=True)
+        pip = str(venv / "bin" / "pip")
+        res = subprocess.run([pip, "install", "-q", "query-exporter", "psycopg[binary]"], capture_output=True)
         if res.returncode:
             return None
         (venv / "ready").touch()
@@ -231,9 +232,10 @@ def bench_zip(tmp: Path, gigabytes: float) -> dict[str, float]:
 
 
 def machine() -> str:
+    pg = subprocess.run(["postgres", "--version"], capture_output=True, text=True).stdout.strip()
     return (f"{platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-            f"{subprocess.run(['postgres', '--version'], capture_output=True, text=True).stdout.strip() or 'PostgreSQL'}")
+            f"{pg or 'PostgreSQL'}")
 
 
 def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
@@ -247,7 +249,8 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
         "| what | measured | target |", "|---|---|---|",
         f"| live task query, {args.rows_small:,} vs {args.rows_large:,} rows of history (1,000 live) | "
         f"{h['small_ms']:.2f} ms vs {h['large_ms']:.2f} ms: ratio **{h['ratio']:.2f}** | <= 1.5 |",
-        f"| `/metrics` p99, 2 scrapers x 10/s, {args.rows_scrape:,}-row table | taskmedic **{s['taskmedic_p99_ms']:.2f} ms**"
+        f"| `/metrics` p99, 2 scrapers x 10/s, {args.rows_scrape:,}-row table | "
+        f"taskmedic **{s['taskmedic_p99_ms']:.2f} ms**"
         f" (p50 {s['taskmedic_p50_ms']:.2f}, {s['taskmedic_scrapes']:.0f} scrapes)"
         + (f"; query-exporter {s['query_exporter_p99_ms']:.1f} ms (p50 {s['query_exporter_p50_ms']:.1f})"
            if "query_exporter_p99_ms" in s else "; query-exporter could not be installed") + " | < 5 ms |",
