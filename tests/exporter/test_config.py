@@ -165,3 +165,19 @@ def test_check_command_exit_codes(tmp: Path) -> None:
     assert run_cli("--listen", "nonsense", "--config", str(good)).returncode == 2
     missing = run_cli("check", "--config", str(tmp / "absent.yml"))
     assert missing.returncode == 1 and "absent.yml: cannot read" in missing.stderr
+
+
+def test_check_connect_reaches_sources_and_explains_the_query(db, redis_url: str, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    db.load("cape.sql")
+    cfg = write(tmp, f"systems:\n  cape:\n    profile: cape\n    database: {db.dsn}\n"
+                     f"  jobs:\n    profile: celery\n    redis: {redis_url}\n")
+    ok = run_cli("check", "--config", str(cfg), "--connect")
+    assert ok.returncode == 0, ok.stderr
+    assert "cape: database" in ok.stdout and "reachable" in ok.stdout
+    assert "jobs: redis" in ok.stdout
+    down = write(tmp, "systems:\n  cape:\n    profile: cape\n    database: postgresql://u:secret@127.0.0.1:1/x\n"
+                      "    timeout: 2s\n")
+    res = run_cli("check", "--config", str(down), "--connect")
+    assert res.returncode == 1
+    assert "systems.cape.database: cannot query postgresql://u:***@127.0.0.1:1/x" in res.stderr
+    assert "secret" not in res.stderr
