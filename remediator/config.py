@@ -1,0 +1,349 @@
+"""The remediator's config section and its playbooks: YAML → validated, frozen objects.
+
+Both the config file and every playbook file go through the exporter's loader, so each problem
+is reported as `file:line: key.path: message`. Cross-file rules (a step names a system that
+exists and has the right connection; playbook names are unique) are checked here, after each
+file is valid on its own, and reported with the playbook file's line and key as well.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from exporter.config.loader import ConfigError, Document, KeyPath, expand_env, format_path, load, parse_yaml, validate
+from exporter.config.model import Duration, Model, Name, PostgresDsn, System
+from remediator.steps import (
+    STEP_TYPES,
+    CommandSpec,
+    FilesSpec,
+    HttpSpec,
+    ProcessSpec,
+    RedisSpec,
+    SqlSpec,
+)
+from remediator.steps.sql import Param, reject_templated_sql
+from remediator.templating import Template
+
+Need = Literal["database", "redis"]
+
+
+class BasicAuth(Model):
+    username: str = Field(min_length=1)
+    password: SecretStr | None = None
+    password_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> BasicAuth:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("set exactly one of password or password_file")
+        return self
+
+
+class AuthSettings(Model):
+    """Who may post alerts (and read /runs). Several tokens may be valid at once, for rotation."""
+
+    bearer_token: SecretStr | None = None
+    bearer_tokens: list[SecretStr] = Field(default_factory=list)
+    bearer_token_file: str | None = None  # one token per line
+    basic_auth: BasicAuth | None = None
+    protect_runs: bool = True  # /runs and /runs/{id} need the same credentials
+
+    @field_validator("bearer_token", "bearer_tokens")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        tokens = value if isinstance(value, list) else [value]
+        if any(t is not None and not t.get_secret_value().strip() for t in tokens):
+            raise ValueError("a bearer token cannot be empty (is its environment variable set to ''?)")
+        return value
+
+
+class RemediatorSettings(Model):
+    journal: PostgresDsn
+    playbooks: str | list[str] = Field(min_length=1)
+    auth: AuthSettings = AuthSettings()
+    dry_run: bool = False
+    listen: str = "0.0.0.0:9864"
+    replica: str | None = None  # recorded on each run; default hostname:pid
+    workers: int = Field(default=4, ge=1, le=64)  # runs executed at once by this replica
+    lease: Duration = Field(default=30.0, ge=1)  # a run whose lease expired is marked interrupted
+    poll_interval: Duration = Field(default=1.0, gt=0)
+    statement_timeout: Duration = Field(default=60.0, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    shutdown_grace: Duration = 20.0  # on SIGTERM, running steps get this long to finish
+
+    @property
+    def replica_name(self) -> str:
+        return self.replica or f"{socket.gethostname()}:{os.getpid()}"
+
+
+class RemediatorConfig(Model):
+    """What `taskmedic-remediator` reads; the exporter's sections are ignored."""
+
+    systems: dict[Name, System] = Field(default_factory=dict)
+    remediator: RemediatorSettings
+    disks: Any = None
+    backups: Any = None
+    exporter: Any = None
+
+
+class SqlCheck(Model):
+    system: Name
+    query: str
+    params: list[Param] = Field(default_factory=list)
+
+    @field_validator("query")
+    @classmethod
+    def _plain_sql(cls, query: str) -> str:
+        reject_templated_sql(query)
+        return query
+
+
+class RedisCheck(Model):
+    system: Name
+    count: Literal["llen", "hlen", "zcard", "scard", "xlen", "exists"]
+    key: Template
+
+
+class Check(Model):
+    """A number that says whether the problem is there: healthy when it equals `expect`.
+
+    As `precheck`, a healthy value skips the run (nothing to do); as `verify`, checked `delay`
+    after the steps, an unhealthy value fails the run (the repair did not hold)."""
+
+    sql: SqlCheck | None = None
+    redis: RedisCheck | None = None
+    expect: float = 0
+    delay: Duration = Field(default=0.0, le=600)
+
+    @model_validator(mode="after")
+    def _one(self) -> Check:
+        if (self.sql is None) == (self.redis is None):
+            raise ValueError("set exactly one of sql or redis")
+        return self
+
+
+class Step(Model):
+    name: str = Field(min_length=1)
+    sql: SqlSpec | None = None
+    redis: RedisSpec | None = None
+    http: HttpSpec | None = None
+    files: FilesSpec | None = None
+    process: ProcessSpec | None = None
+    command: CommandSpec | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Step:
+        kinds = [k for k in STEP_TYPES if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"a step has exactly one of {', '.join(STEP_TYPES)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in STEP_TYPES if getattr(self, k) is not None)
+
+    @property
+    def spec(self) -> Model:
+        spec: Model = getattr(self, self.kind)
+        return spec
+
+
+class Playbook(Model):
+    name: Name
+    description: str = ""
+    match: dict[str, str | None] = Field(min_length=1)  # exact, "~regex" (anchored), null/"" = absent
+    on: Literal["firing", "resolved", "any"] = "firing"
+    dry_run: bool = False
+    cooldown: Duration = 0.0  # per alert fingerprint
+    max_runs_per_hour: int | None = Field(default=None, gt=0)
+    exclusive: bool = True  # one run of this playbook at a time across all replicas
+    retry_interrupted: bool = False  # safe to run again after a replica died mid-run
+    max_attempts: int = Field(default=3, ge=1)
+    timeout: Duration = Field(default=300.0, gt=0)
+    precheck: Check | None = None
+    steps: list[Step] = Field(min_length=1)
+    verify: Check | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _regexes(cls, match: dict[str, str | None]) -> dict[str, str | None]:
+        for label, value in match.items():
+            if value is not None and value.startswith("~"):
+                try:
+                    re.compile(value[1:])
+                except re.error as e:
+                    raise ValueError(f"{label}: not a valid regular expression: {e}") from None
+        return match
+
+    @model_validator(mode="after")
+    def _steps(self) -> Playbook:
+        seen: dict[str, Step] = {}
+        for step in self.steps:
+            if step.name in seen:
+                raise ValueError(f"two steps are named {step.name!r}")
+            if step.files is not None and step.files.ids_from is not None:
+                source = seen.get(step.files.ids_from)
+                if source is None or source.sql is None or source.sql.query is None:
+                    raise ValueError(f"step {step.name!r}: ids_from must name an earlier sql step with a `query`")
+            seen[step.name] = step
+        return self
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the remediator runs with, loaded and cross-checked once."""
+
+    config: RemediatorConfig
+    playbooks: tuple[Playbook, ...]
+    tokens: tuple[str, ...]
+    basic: tuple[str, str] | None
+    path: str
+
+    @property
+    def settings(self) -> RemediatorSettings:
+        return self.config.remediator
+
+    def playbook(self, name: str) -> Playbook | None:
+        return next((p for p in self.playbooks if p.name == name), None)
+
+
+# YAML 1.1 reads a plain `on:` key as the boolean true; playbooks say `on: firing`.
+_BOOL_WORDS = re.compile(r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$")
+
+
+def _keys_as_written(text: str) -> str:
+    """Quote plain mapping keys that YAML 1.1 would turn into booleans, where the parser found
+    them (so block scalars are untouched and line numbers stay the same)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return text  # parse_yaml reports the error with its line
+    spots: list[tuple[int, int]] = []
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.style is None and _BOOL_WORDS.match(key.value):
+                    spots.append((key.start_mark.index, key.end_mark.index))
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    for start, end in sorted(spots, reverse=True):
+        text = f'{text[:start]}"{text[start:end]}"{text[end:]}'
+    return text
+
+
+def playbook_files(settings: RemediatorSettings, base: Path) -> list[Path]:
+    entries = [settings.playbooks] if isinstance(settings.playbooks, str) else settings.playbooks
+    files: list[Path] = []
+    for entry in entries:
+        path = base / entry
+        files.extend(sorted([*path.glob("*.yml"), *path.glob("*.yaml")]) if path.is_dir() else [path])
+    return files
+
+
+def _read_playbook(path: Path) -> tuple[Playbook, Document]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read playbook: {e.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    doc = parse_yaml(_keys_as_written(text), str(path))
+    if not isinstance(doc.data, dict):
+        raise ConfigError([f"{path}: expected a playbook (a mapping) at the top level"])
+    expand_env(doc)
+    return validate(Playbook, doc), doc
+
+
+def _system_refs(playbook: Playbook) -> list[tuple[KeyPath, str, Need]]:
+    refs: list[tuple[KeyPath, str, Need]] = []
+    for name, check in (("precheck", playbook.precheck), ("verify", playbook.verify)):
+        if check is not None and check.sql is not None:
+            refs.append(((name, "sql", "system"), check.sql.system, "database"))
+        if check is not None and check.redis is not None:
+            refs.append(((name, "redis", "system"), check.redis.system, "redis"))
+    for i, step in enumerate(playbook.steps):
+        if step.sql is not None:
+            refs.append((("steps", i, "sql", "system"), step.sql.system, "database"))
+        if step.redis is not None:
+            refs.append((("steps", i, "redis", "system"), step.redis.system, "redis"))
+    return refs
+
+
+def _check_systems(playbook: Playbook, doc: Document, systems: dict[str, System]) -> list[str]:
+    problems = []
+    for path, name, need in _system_refs(playbook):
+        where = f"{doc.where(path)}: {format_path(path)}"
+        system = systems.get(name)
+        if system is None:
+            hint = difflib.get_close_matches(name, list(systems), n=1)
+            problems.append(f"{where}: unknown system {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else
+                            f"; configured systems: {', '.join(systems) or 'none'}"))
+        elif getattr(system, need) is None:
+            problems.append(f"{where}: system {name!r} has no `{need}` configured")
+    return problems
+
+
+def load_playbooks(config: RemediatorConfig, base: Path) -> tuple[Playbook, ...]:
+    files = playbook_files(config.remediator, base)
+    if not files:
+        raise ConfigError([f"{base}: remediator.playbooks: no playbook files (*.yml) found"])
+    problems: list[str] = []
+    loaded: dict[str, tuple[Playbook, Document]] = {}
+    for path in files:
+        try:
+            playbook, doc = _read_playbook(path)
+        except ConfigError as e:
+            problems.extend(e.problems)
+            continue
+        problems.extend(_check_systems(playbook, doc, config.systems))
+        if playbook.name in loaded:
+            problems.append(f"{doc.where(('name',))}: name: playbook {playbook.name!r} is also defined in "
+                            f"{loaded[playbook.name][1].file}")
+        loaded[playbook.name] = (playbook, doc)
+    if problems:
+        raise ConfigError(problems)
+    return tuple(p for p, _ in loaded.values())
+
+
+def _read_secret_lines(file: str, base: Path, what: str) -> list[str]:
+    try:
+        lines = (base / file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{base / file}: cannot read {what}: {getattr(e, 'strerror', None) or e}"]) from None
+    values = [line.strip() for line in lines if line.strip()]
+    if not values:
+        raise ConfigError([f"{base / file}: {what} file is empty"])
+    return values
+
+
+def _credentials(auth: AuthSettings, base: Path) -> tuple[tuple[str, ...], tuple[str, str] | None]:
+    tokens = [t.get_secret_value().strip() for t in [auth.bearer_token, *auth.bearer_tokens] if t is not None]
+    if auth.bearer_token_file:
+        tokens += _read_secret_lines(auth.bearer_token_file, base, "bearer token")
+    basic = None
+    if auth.basic_auth is not None:
+        password = (auth.basic_auth.password.get_secret_value() if auth.basic_auth.password is not None
+                    else _read_secret_lines(auth.basic_auth.password_file or "", base, "password")[0])
+        basic = (auth.basic_auth.username, password)
+    return tuple(tokens), basic
+
+
+def load_setup(path: str) -> Setup:
+    """Load the config file, every playbook and every secret file; ConfigError lists all problems."""
+    config = load(RemediatorConfig, path)
+    base = Path(path).resolve().parent
+    playbooks = load_playbooks(config, base)
+    tokens, basic = _credentials(config.remediator.auth, base)
+    return Setup(config=config, playbooks=playbooks, tokens=tokens, basic=basic, path=path)

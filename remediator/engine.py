@@ -1,0 +1,161 @@
+"""Executing one playbook for one alert: precheck, steps, commit or roll back, verify.
+
+The engine knows nothing about the journal; the worker (and `simulate`) call `execute` and
+record what it reports. All SQL of a run on one system is one transaction, committed only when
+every step succeeded and the run is not a dry run; anything else — a failed or refused step, a
+timeout, a cancelled run (SIGTERM, lost lease, killed process) — leaves nothing of it behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from exporter.config.model import System
+from exporter.connections import Connections
+from remediator.config import Check, Playbook, Step
+from remediator.matching import AlertInfo
+from remediator.steps import STEP_TYPES, Refused, RunContext, StepFailed, Transactions
+from remediator.steps.sql import as_text, execute
+from remediator.templating import RenderError, render, render_all
+
+log = logging.getLogger("taskmedic.remediator.run")
+
+
+@dataclass
+class StepRecord:
+    name: str
+    type: str
+    outcome: str  # ok | dry_run | failed | refused
+    rows: int = 0
+    duration_seconds: float = 0.0
+    error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    outcome: str
+    steps: list[StepRecord] = field(default_factory=list)
+    error: str | None = None
+    dry_run: bool = False
+    precheck: float | None = None
+    verify: float | None = None
+
+    def steps_json(self) -> list[dict[str, Any]]:
+        return [asdict(s) for s in self.steps]
+
+
+def _number(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool | int | float | Decimal):
+        return float(value)
+    raise StepFailed(f"a check must return a number, got {value!r}")
+
+
+class Engine:
+    def __init__(self, systems: Mapping[str, System], connections: Connections, statement_timeout: float) -> None:
+        self.systems = systems
+        self.connections = connections
+        self.statement_timeout = statement_timeout
+
+    async def execute(self, playbook: Playbook, alert: AlertInfo, dry_run: bool, run_id: int | None = None) -> Report:
+        dry_run = dry_run or playbook.dry_run
+        variables = alert.variables()
+        report = Report(outcome="failed", dry_run=dry_run)
+        if playbook.precheck is not None:
+            try:
+                report.precheck = await self.measure(playbook.precheck, variables)
+            except StepFailed as e:
+                report.error = f"precheck: {e}"
+                return report
+            if report.precheck == playbook.precheck.expect:
+                report.outcome = "skipped"
+                return report
+        report.outcome, report.error = await self._steps(playbook, variables, dry_run, report.steps, run_id)
+        if report.outcome == "succeeded" and playbook.verify is not None:
+            await self._verify(playbook.verify, variables, report)
+        return report
+
+    async def _steps(self, playbook: Playbook, variables: dict[str, Any], dry_run: bool,
+                     records: list[StepRecord], run_id: int | None) -> tuple[str, str | None]:
+        transactions = Transactions(self.connections, self.statement_timeout)
+        ctx = RunContext(playbook=playbook.name, variables=variables, dry_run=dry_run, systems=self.systems,
+                         connections=self.connections, transactions=transactions, log=log)
+        settled = False
+        try:
+            for step in playbook.steps:
+                record = await self._step(step, ctx, run_id)
+                records.append(record)
+                if record.outcome in ("failed", "refused"):
+                    return record.outcome, f"step {step.name!r}: {record.error}"
+            await transactions.settle(commit=not dry_run)
+            settled = True
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+            return "failed", f"commit: {type(e).__name__}: {e}"
+        finally:
+            if not settled:
+                await transactions.abandon()
+        return ("dry_run" if dry_run else "succeeded"), None
+
+    async def _step(self, step: Step, ctx: RunContext, run_id: int | None) -> StepRecord:
+        record = StepRecord(name=step.name, type=step.kind, outcome="dry_run" if ctx.dry_run else "ok")
+        started = time.monotonic()
+        try:
+            result = await STEP_TYPES[step.kind].run(step.spec, ctx)
+            record.rows, record.detail = result.rows, result.detail
+            if result.rows_returned is not None:
+                ctx.outputs[step.name] = result.rows_returned
+        except Refused as e:
+            record.outcome, record.error = "refused", str(e)
+        except StepFailed as e:
+            record.outcome, record.error = "failed", str(e)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, RedisError, OSError) as e:
+            record.outcome, record.error = "failed", f"{type(e).__name__}: {e}"
+        record.duration_seconds = round(time.monotonic() - started, 4)
+        log.info("step %s: %s", step.name, record.outcome,
+                 extra={"run_id": run_id, "playbook": ctx.playbook, "step": step.name, "type": step.kind,
+                        "outcome": record.outcome, "rows": record.rows, "duration_seconds": record.duration_seconds,
+                        "error": record.error, "dry_run": ctx.dry_run})
+        return record
+
+    async def _verify(self, check: Check, variables: dict[str, Any], report: Report) -> None:
+        await asyncio.sleep(check.delay)
+        try:
+            report.verify = await self.measure(check, variables)
+        except StepFailed as e:
+            report.outcome, report.error = "failed", f"verify: {e}"
+            return
+        if report.verify != check.expect:
+            report.outcome = "failed"
+            report.error = f"verify: the problem remains (check says {report.verify:g}, healthy is {check.expect:g})"
+
+    async def measure(self, check: Check, variables: dict[str, Any]) -> float:
+        """The check's number, read outside the run's transaction (read-only for SQL)."""
+        try:
+            if check.sql is not None:
+                system = self.systems[check.sql.system]
+                assert system.database is not None
+                values = [as_text(v) for v in render_all([as_text(p) for p in check.sql.params], variables)]
+                pool = await self.connections.pg(system.database, system.timezone, self.statement_timeout)
+                async with pool.acquire() as conn, conn.transaction(readonly=True):
+                    rows, _ = await execute(conn, check.sql.query, values)
+                return _number(rows[0][0] if rows and len(rows[0]) else None)
+            assert check.redis is not None
+            url = self.systems[check.redis.system].redis
+            assert url is not None
+            client = self.connections.redis(url)
+            return _number(await getattr(client, check.redis.count)(render(check.redis.key, variables)))
+        except RenderError as e:
+            raise StepFailed(str(e)) from None
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, RedisError, OSError) as e:
+            raise StepFailed(f"{type(e).__name__}: {e}") from None

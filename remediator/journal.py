@@ -1,0 +1,304 @@
+"""The journal: table `taskmedic_runs`, the single source of truth for what runs and what ran.
+
+One row per (playbook, alert fingerprint, alert startsAt), guarded by a unique constraint and
+written with ON CONFLICT DO NOTHING, so duplicate deliveries, Alertmanager retries and both
+members of an HA pair collapse into one run. Any number of replicas share the table: a run is
+claimed with FOR UPDATE SKIP LOCKED and held with a lease that its replica keeps renewing; a run
+whose lease expired belongs to a replica that died, and is marked interrupted (then retried if
+its playbook says that is safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from pydantic import SecretStr
+
+from remediator.matching import AlertInfo
+
+log = logging.getLogger("taskmedic.remediator.journal")
+
+OUTCOMES = ("succeeded", "failed", "dry_run", "refused", "suppressed", "skipped", "interrupted")
+ACTED = ["succeeded", "failed", "interrupted"]  # outcomes that may have changed something
+STATUSES = ("pending", "running", "done")
+
+# Each statement is idempotent; they run in order, under a lock, at every start.
+MIGRATIONS = (
+    f"""create table if not exists taskmedic_runs (
+        id bigserial primary key,
+        playbook text not null,
+        fingerprint text not null,
+        starts_at timestamptz not null,
+        alert_status text not null,
+        labels jsonb not null default '{{}}',
+        annotations jsonb not null default '{{}}',
+        ends_at timestamptz,
+        generator_url text not null default '',
+        receiver text not null default '',
+        group_key text not null default '',
+        received_at timestamptz not null default now(),
+        received_by text not null default '',
+        status text not null default 'pending' check (status in {STATUSES!r}),
+        outcome text check (outcome in {OUTCOMES!r}),
+        dry_run boolean not null default false,
+        attempts integer not null default 0,
+        not_before timestamptz not null default now(),
+        replica text,
+        lease_until timestamptz,
+        started_at timestamptz,
+        finished_at timestamptz,
+        duration_seconds double precision,
+        steps jsonb not null default '[]',
+        error text,
+        history jsonb not null default '[]',
+        constraint taskmedic_runs_once unique (playbook, fingerprint, starts_at))""",
+    "create index if not exists taskmedic_runs_todo on taskmedic_runs (id) where status <> 'done'",
+    "create index if not exists taskmedic_runs_recent on taskmedic_runs (playbook, started_at)",
+)
+
+COLUMNS = ("id, playbook, fingerprint, starts_at, alert_status, labels, annotations, ends_at, generator_url, "
+           "receiver, group_key, received_at, received_by, status, outcome, dry_run, attempts, replica, "
+           "lease_until, started_at, finished_at, duration_seconds, steps, error, history")
+
+# What counts as "the journal is unreachable": the webhook answers 503 and Alertmanager retries.
+# A server-side error (read-only after a failover, disk full, ...) counts too: retrying later is right.
+UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class JournalUnavailable(Exception):
+    """The journal database cannot be reached (or refused the write); nothing was recorded."""
+
+
+@dataclass(frozen=True)
+class NewRun:
+    playbook: str
+    alert: AlertInfo
+    receiver: str = ""
+    group_key: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    playbook: str
+    alert: AlertInfo
+    attempts: int
+    row: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Any) -> Run:
+        alert = AlertInfo(fingerprint=row["fingerprint"], status=row["alert_status"], starts_at=row["starts_at"],
+                          labels=row["labels"], annotations=row["annotations"], ends_at=row["ends_at"],
+                          generator_url=row["generator_url"])
+        return cls(id=row["id"], playbook=row["playbook"], alert=alert, attempts=row["attempts"], row=dict(row))
+
+
+def as_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+async def _codecs(conn: Any) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class Journal:
+    def __init__(self, dsn: SecretStr, replica: str, lease: float, pool_size: int = 10,
+                 timeout: float = 10.0) -> None:
+        self.replica = replica
+        self.lease = lease
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._pool: Any = None
+        self._lock = asyncio.Lock()
+
+    async def pool(self) -> Any:
+        """The pool, created and the table migrated on first success (retried on every call)."""
+        if self._pool is not None:
+            return self._pool
+        async with self._lock:
+            if self._pool is None:
+                pool = await asyncpg.create_pool(
+                    self._dsn.get_secret_value(), min_size=0, max_size=self._pool_size, init=_codecs,
+                    timeout=self._timeout, command_timeout=self._timeout,
+                    server_settings={"application_name": "taskmedic-remediator",
+                                     "statement_timeout": str(int(self._timeout * 1000))})
+                try:
+                    await self._migrate(pool)
+                except BaseException:
+                    pool.terminate()
+                    raise
+                self._pool = pool
+        return self._pool
+
+    async def _migrate(self, pool: Any) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            # Two replicas starting at once would race on CREATE TABLE IF NOT EXISTS.
+            await conn.execute("select pg_advisory_xact_lock(hashtext('taskmedic_runs migration'))")
+            for statement in MIGRATIONS:
+                await conn.execute(statement)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A journal connection; any failure to reach the journal becomes JournalUnavailable."""
+        try:
+            pool = await self.pool()
+            async with pool.acquire() as conn:
+                yield conn
+        except UNAVAILABLE as e:
+            raise JournalUnavailable(f"{type(e).__name__}: {e}") from e
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await asyncio.wait_for(self._pool.close(), 5)
+            self._pool = None
+
+    async def ping(self) -> None:
+        async with self.connection() as conn:
+            await conn.fetchval("select 1")
+
+    async def record(self, runs: Sequence[NewRun]) -> int:
+        """Journal the runs in one transaction; returns how many were new (not duplicates)."""
+        if not runs:
+            return 0
+        columns = list(zip(*[(r.playbook, r.alert.fingerprint, r.alert.starts_at, r.alert.status,
+                              json.dumps(dict(r.alert.labels)), json.dumps(dict(r.alert.annotations)),
+                              r.alert.ends_at, r.alert.generator_url, r.receiver, r.group_key) for r in runs],
+                             strict=True))
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                """insert into taskmedic_runs (playbook, fingerprint, starts_at, alert_status, labels, annotations,
+                                               ends_at, generator_url, receiver, group_key, received_by)
+                   select p, f, s, st, l::jsonb, a::jsonb, e, g, r, k, $11
+                   from unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+                               $7::timestamptz[], $8::text[], $9::text[], $10::text[])
+                        as t(p, f, s, st, l, a, e, g, r, k)
+                   on conflict on constraint taskmedic_runs_once do nothing
+                   returning id""", *columns, self.replica)
+        return len(rows)
+
+    async def claim(self, playbooks: Sequence[str]) -> Run | None:
+        async with self.connection() as conn:
+            row = await conn.fetchrow(
+                f"""update taskmedic_runs set status = 'running', replica = $1, attempts = attempts + 1,
+                        lease_until = now() + make_interval(secs => $2), started_at = now()
+                    where id = (select id from taskmedic_runs
+                                where status = 'pending' and not_before <= now() and playbook = any($3::text[])
+                                order by id limit 1 for update skip locked)
+                    returning {COLUMNS}""", self.replica, self.lease, list(playbooks))
+        return Run.from_row(row) if row else None
+
+    async def renew(self, run_id: int) -> bool:
+        """Extend our lease; False when the run is no longer ours (it was taken over)."""
+        async with self.connection() as conn:
+            owned = await conn.fetchval(
+                """update taskmedic_runs set lease_until = now() + make_interval(secs => $3)
+                   where id = $1 and replica = $2 and status = 'running' returning true""",
+                run_id, self.replica, self.lease)
+        return bool(owned)
+
+    async def finish(self, run_id: int, outcome: str, steps: list[dict[str, Any]], error: str | None,
+                     dry_run: bool, duration: float) -> bool:
+        async with self.connection() as conn:
+            done = await conn.fetchval(
+                """update taskmedic_runs set status = 'done', outcome = $3, steps = $4::text::jsonb, error = $5,
+                          dry_run = $6, duration_seconds = $7, finished_at = now(), lease_until = null
+                   where id = $1 and replica = $2 and status = 'running' returning true""",
+                run_id, self.replica, outcome, json.dumps(steps, default=str), error, dry_run, duration)
+        return bool(done)
+
+    async def requeue(self, run_id: int, delay: float) -> None:
+        """Give a claimed run back untouched (its playbook is busy elsewhere): not an attempt."""
+        async with self.connection() as conn:
+            await conn.execute(
+                """update taskmedic_runs set status = 'pending', replica = null, lease_until = null,
+                          attempts = attempts - 1, not_before = now() + make_interval(secs => $3)
+                   where id = $1 and replica = $2 and status = 'running'""", run_id, self.replica, delay)
+
+    async def release(self, run_ids: Sequence[int]) -> None:
+        """Expire our leases now (shutdown): the runs are settled as interrupted without waiting."""
+        async with self.connection() as conn:
+            await conn.execute("update taskmedic_runs set lease_until = now() - interval '1 second' "
+                               "where id = any($1::bigint[]) and replica = $2 and status = 'running'",
+                               list(run_ids), self.replica)
+
+    async def recover(self, retry: Callable[[Run], bool], exclude: Sequence[int] = ()) -> list[tuple[Run, bool]]:
+        """Settle runs whose lease expired: back to pending when `retry(run)`, else done/interrupted.
+        `exclude`: this replica's own running runs (their heartbeat cancels them if it fails)."""
+        async with self.connection() as conn, conn.transaction():
+            rows = await conn.fetch(f"""select {COLUMNS} from taskmedic_runs
+                                        where status = 'running' and lease_until < now()
+                                          and not (id = any($1::bigint[]))
+                                        order by id limit 100 for update skip locked""", list(exclude))
+            settled = [(run, retry(run)) for run in map(Run.from_row, rows)]
+            for run, again in settled:
+                await self._interrupted(conn, run, again)
+        return settled
+
+    async def _interrupted(self, conn: Any, run: Run, again: bool) -> None:
+        note = {"attempt": run.attempts, "replica": run.row["replica"], "outcome": "interrupted",
+                "started_at": as_json(run.row)["started_at"], "noticed_by": self.replica}
+        await conn.execute(
+            """update taskmedic_runs set history = history || $2::text::jsonb, lease_until = null,
+                   status = case when $3 then 'pending' else 'done' end,
+                   outcome = case when $3 then null else 'interrupted' end,
+                   finished_at = case when $3 then null else now() end,
+                   error = case when $3 then null else $4 end,
+                   replica = case when $3 then null else replica end
+               where id = $1""",
+            run.id, json.dumps([note]), again, f"lease expired: replica {run.row['replica']} stopped mid-run")
+
+    async def recently_acted(self, run: Run, seconds: float) -> bool:
+        """Did another run of this playbook act on the same alert fingerprint in the last `seconds`?"""
+        async with self.connection() as conn:
+            return bool(await conn.fetchval(
+                """select exists(select 1 from taskmedic_runs
+                                 where playbook = $1 and fingerprint = $2 and id <> $3 and outcome = any($4::text[])
+                                   and started_at > now() - make_interval(secs => $5))""",
+                run.playbook, run.alert.fingerprint, run.id, ACTED, seconds))
+
+    async def runs_last_hour(self) -> dict[str, int]:
+        """Runs that acted in the last hour, per playbook (the circuit breaker's count)."""
+        async with self.connection() as conn:
+            rows = await conn.fetch("""select playbook, count(*) as n from taskmedic_runs
+                                       where outcome = any($1::text[]) and started_at > now() - interval '1 hour'
+                                       group by playbook""", ACTED)
+        return {r["playbook"]: r["n"] for r in rows}
+
+    @asynccontextmanager
+    async def exclusive(self, playbook: str) -> AsyncIterator[bool]:
+        """Try the playbook's advisory lock, held on its own connection until the `with` ends, so
+        a replica that dies releases it with its connection."""
+        async with self.connection() as conn:
+            key = f"taskmedic:playbook:{playbook}"
+            got = await conn.fetchval("select pg_try_advisory_lock(hashtextextended($1, 0))", key)
+            try:
+                yield bool(got)
+            finally:
+                if got:
+                    with contextlib.suppress(*UNAVAILABLE):  # the connection is gone, and the lock with it
+                        await conn.execute("select pg_advisory_unlock(hashtextextended($1, 0))", key)
+
+    async def list_runs(self, playbook: str | None, outcome: str | None, status: str | None,
+                        limit: int) -> list[dict[str, Any]]:
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                f"""select {COLUMNS} from taskmedic_runs
+                    where ($1::text is null or playbook = $1) and ($2::text is null or outcome = $2)
+                      and ($3::text is null or status = $3)
+                    order by id desc limit $4""", playbook, outcome, status, limit)
+        return [as_json(dict(r)) for r in rows]
+
+    async def get_run(self, run_id: int) -> dict[str, Any] | None:
+        async with self.connection() as conn:
+            row = await conn.fetchrow(f"select {COLUMNS} from taskmedic_runs where id = $1", run_id)
+        return as_json(dict(row)) if row else None

@@ -1,0 +1,39 @@
+"""The remediator's metrics (names fixed by the contract), in a registry owned by one app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from remediator.journal import OUTCOMES
+
+
+class Metrics:
+    def __init__(self, playbooks: Iterable[str]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.runs = Counter("taskmedic_remediation_runs", "Finished playbook runs by outcome (updated as runs end).",
+                            ["playbook", "outcome"], registry=r)
+        self.duration = Histogram("taskmedic_remediation_duration_seconds",
+                                  "Time from claiming a run to recording its outcome.", ["playbook"],
+                                  buckets=(0.05, 0.25, 1, 5, 15, 60, 300, 900), registry=r)
+        self.webhook = Counter("taskmedic_webhook_requests", "POST /alerts requests by HTTP status code.",
+                               ["code"], registry=r)
+        self.circuit = Gauge("taskmedic_playbook_circuit_open",
+                             "1 while a playbook's max_runs_per_hour is used up (refreshed every few seconds).",
+                             ["playbook"], registry=r)
+        self.unmatched = Counter("taskmedic_alerts_unmatched", "Alerts received that no playbook matches.",
+                                 registry=r)
+        self.journal_up = Gauge("taskmedic_remediator_journal_up",
+                                "1 when the journal database answered the last query (refreshed every few seconds).",
+                                registry=r)
+        for name in playbooks:  # every series exists from the start, so rate() and alerts see zeros
+            self.circuit.labels(name).set(0)
+            for outcome in OUTCOMES:
+                self.runs.labels(name, outcome)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

@@ -1,0 +1,122 @@
+"""What every step type shares: the run context it acts in, its result, and how it stops a run.
+
+A step type is one class in its own module (`steps/<key>.py`) with a `Spec` model for its YAML
+section and one entry point, `run(spec, ctx)`. It raises `Refused` when a guard stops it (the
+run's SQL is rolled back, outcome `refused`) and `StepFailed` when it cannot do its job (rolled
+back, outcome `failed`); anything it returns is recorded in the journal as the step's result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+import redis.asyncio as aioredis
+
+from exporter.config.model import Model, System
+from exporter.connections import Connections
+from remediator.templating import Escape, RenderError, render, render_all
+
+S = TypeVar("S", bound=Model)
+
+
+class StepFailed(Exception):
+    """The step could not do its job; the run fails and its SQL is rolled back."""
+
+
+class Refused(Exception):
+    """A guard (max_rows, a path outside its root, a process that does not match) stopped the step."""
+
+
+@dataclass
+class StepResult:
+    rows: int = 0  # rows/items/files/processes affected (or that would be, in a dry run)
+    detail: dict[str, Any] = field(default_factory=dict)
+    rows_returned: list[Any] | None = None  # a query step's first column, for later steps
+
+
+class Transactions:
+    """One open transaction per system for the whole run, so all SQL of a run on one system
+    commits or rolls back together. Created lazily, settled once by the engine."""
+
+    def __init__(self, connections: Connections, statement_timeout: float) -> None:
+        self._connections = connections
+        self._timeout = statement_timeout
+        self._open: dict[str, tuple[Any, Any, Any]] = {}  # system → (pool, connection, transaction)
+
+    async def connection(self, name: str, system: System) -> Any:
+        if name not in self._open:
+            if system.database is None:
+                raise StepFailed(f"system {name!r} has no database")
+            pool = await self._connections.pg(system.database, system.timezone, self._timeout)
+            conn = await pool.acquire()
+            try:
+                tx = conn.transaction()
+                await tx.start()
+            except BaseException:
+                await pool.release(conn)
+                raise
+            self._open[name] = (pool, conn, tx)
+        return self._open[name][1]
+
+    async def settle(self, commit: bool) -> None:
+        """Commit (or roll back) every open transaction and hand the connections back."""
+        try:
+            for _pool, _conn, tx in self._open.values():
+                if commit:
+                    await tx.commit()
+                else:
+                    await tx.rollback()
+        finally:
+            for pool, conn, _tx in self._open.values():
+                await pool.release(conn)
+            self._open.clear()
+
+    async def abandon(self) -> None:
+        """Roll back whatever is open, never raising: used when the run is already failing."""
+        with contextlib.suppress(Exception):  # a broken connection rolls back on the server anyway
+            await self.settle(commit=False)
+
+
+@dataclass
+class RunContext:
+    playbook: str
+    variables: dict[str, Any]
+    dry_run: bool
+    systems: Mapping[str, System]
+    connections: Connections
+    transactions: Transactions
+    log: logging.Logger
+    outputs: dict[str, list[Any]] = field(default_factory=dict)  # query step name → first column
+
+    def render(self, text: str, escape: Escape | None = None) -> str:
+        try:
+            return render(text, self.variables, escape) if escape else render(text, self.variables)
+        except RenderError as e:
+            raise StepFailed(str(e)) from None
+
+    def render_all(self, texts: list[str]) -> list[str]:
+        try:
+            return render_all(texts, self.variables)
+        except RenderError as e:
+            raise StepFailed(str(e)) from None
+
+    def system(self, name: str) -> System:
+        return self.systems[name]  # names were checked against `systems` when playbooks loaded
+
+    def redis(self, name: str) -> aioredis.Redis:
+        url = self.system(name).redis
+        if url is None:
+            raise StepFailed(f"system {name!r} has no redis")
+        return self.connections.redis(url)
+
+
+class StepType(Generic[S]):
+    key: ClassVar[str]
+    spec: ClassVar[type[Model]]
+
+    async def run(self, spec: S, ctx: RunContext) -> StepResult:
+        raise NotImplementedError

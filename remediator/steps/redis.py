@@ -1,0 +1,228 @@
+"""`redis` step: a closed set of surgical operations on one system's Redis.
+
+Only the operations below exist — there is no way to spell FLUSHDB, FLUSHALL, CONFIG or EVAL in
+a playbook. Each operation first reads what it would touch (under WATCH), is refused when that
+is more than `max_items`, and then applies its change in one MULTI/EXEC, so the count that was
+guarded is the count that was changed; a concurrent writer makes it start over.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import Field, model_validator
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError, WatchError
+
+from exporter.config.model import Model, Name
+from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
+from remediator.templating import Template, glob_literal
+
+ATTEMPTS = 5
+MAX_LIST_SCAN = 100_000
+
+
+@dataclass
+class Plan:
+    """What an operation found: how many items it would touch and the writes that do it."""
+
+    count: int
+    writes: list[Callable[[Pipeline], Any]] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _field(item: bytes, path: str) -> str | None:
+    try:
+        value: Any = json.loads(item)
+    except ValueError:
+        return None
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return None if isinstance(value, dict | list) else _text(value)
+
+
+async def _list_items(pipe: Any, key: str) -> list[bytes]:
+    length = await pipe.llen(key)
+    if length > MAX_LIST_SCAN:
+        raise Refused(f"list {key!r} has {length} items; more than {MAX_LIST_SCAN} are not scanned")
+    return list(await pipe.lrange(key, 0, -1))
+
+
+def _remove_item(key: str, item: Any) -> Callable[[Pipeline], Any]:
+    return lambda p: p.lrem(key, 0, item)
+
+
+class Operation(Model):
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+        raise NotImplementedError
+
+
+class ListRemove(Operation):
+    key: Template
+    value: Template
+
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+        key, value = ctx.render(self.key), ctx.render(self.value)
+        await pipe.watch(key)
+        count = sum(1 for item in await _list_items(pipe, key) if item == value.encode())
+        return Plan(count, [lambda p: p.lrem(key, 0, value)], {"key": key, "value": value})
+
+
+class ListRemoveWhere(Operation):
+    """Remove the JSON items of a list whose `field` (dotted path) equals `equals`."""
+
+    key: Template
+    field: str = Field(pattern=r"^[^.]+(\.[^.]+)*$")
+    equals: Template
+
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+        key, wanted = ctx.render(self.key), ctx.render(self.equals)
+        await pipe.watch(key)
+        matches = [item for item in await _list_items(pipe, key) if _field(item, self.field) == wanted]
+        writes = [_remove_item(key, item) for item in set(matches)]
+        return Plan(len(matches), writes, {"key": key, "field": self.field, "equals": wanted})
+
+
+class HashDelete(Operation):
+    key: Template
+    fields: list[Template] = Field(min_length=1)
+
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+        key, fields = ctx.render(self.key), ctx.render_all(self.fields)
+        await pipe.watch(key)
+        present = [f for f in fields if await pipe.hexists(key, f)]
+        writes = [lambda p: p.hdel(key, *present)] if present else []
+        return Plan(len(present), writes, {"key": key, "fields": fields})
+
+
+class SortedSetRemove(Operation):
+    key: Template
+    members: list[Template] = Field(min_length=1)
+
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+        key, members = ctx.render(self.key), ctx.render_all(self.members)
+        await pipe.watch(key)
+        present = [m for m in members if await pipe.zscore(key, m) is not None]
+        writes = [lambda p: p.zrem(key, *present)] if present else []
+        return Plan(len(present), writes, {"key": key, "members": members})
+
+
+class DeleteMatching(Operation):
+    """Delete the keys matching a glob; templated parts match literally (metacharacters escaped)."""
+
+    pattern: Template
+
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+        pattern = ctx.render(self.pattern, glob_literal)
+        keys: list[bytes] = []
+        async for key in pipe.scan_iter(match=pattern, count=500):
+            keys.append(key)
+            if len(keys) > limit:
+                break  # already over the guard: no need to list the rest
+        if keys:
+            await pipe.watch(*keys)
+        writes = [lambda p: p.delete(*keys)] if keys else []
+        return Plan(len(keys), writes, {"pattern": pattern, "keys": [_text(k) for k in keys[:20]]})
+
+
+class RightPush(Operation):
+    """Requeue: append values to a list (`rpush`); `lpush` puts them at the head instead."""
+
+    key: Template
+    values: list[Template] = Field(min_length=1)
+    at_head: ClassVar[bool] = False
+
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+        key, values = ctx.render(self.key), ctx.render_all(self.values)
+
+        def write(p: Pipeline) -> Any:
+            return p.lpush(key, *values) if self.at_head else p.rpush(key, *values)
+
+        return Plan(len(values), [write], {"key": key, "values": values})
+
+
+class LeftPush(RightPush):
+    at_head: ClassVar[bool] = True
+
+
+class StreamAck(Operation):
+    key: Template
+    group: str
+    ids: list[Template] = Field(min_length=1)
+
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+        key, ids = ctx.render(self.key), ctx.render_all(self.ids)
+        await pipe.watch(key)
+        return Plan(len(ids), [lambda p: p.xack(key, self.group, *ids)], {"key": key, "group": self.group, "ids": ids})
+
+
+OPERATIONS = ("lrem", "lrem_where", "hdel", "zrem", "delete", "rpush", "lpush", "xack")
+
+
+class RedisSpec(Model):
+    system: Name
+    max_items: int = Field(default=1000, ge=0)  # more would be touched → refused, nothing changed
+    lrem: ListRemove | None = None
+    lrem_where: ListRemoveWhere | None = None
+    hdel: HashDelete | None = None
+    zrem: SortedSetRemove | None = None
+    delete: DeleteMatching | None = None
+    rpush: RightPush | None = None
+    lpush: LeftPush | None = None
+    xack: StreamAck | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> RedisSpec:
+        chosen = [op for op in OPERATIONS if getattr(self, op) is not None]
+        if len(chosen) != 1:
+            raise ValueError(f"set exactly one operation: {', '.join(OPERATIONS)}")
+        return self
+
+    @property
+    def operation(self) -> str:
+        return next(op for op in OPERATIONS if getattr(self, op) is not None)
+
+    @property
+    def chosen(self) -> Operation:
+        op: Operation = getattr(self, self.operation)
+        return op
+
+
+class RedisStep(StepType[RedisSpec]):
+    key: ClassVar[str] = "redis"
+    spec: ClassVar[type[Model]] = RedisSpec
+
+    async def run(self, spec: RedisSpec, ctx: RunContext) -> StepResult:
+        try:
+            async with ctx.redis(spec.system).pipeline(transaction=True) as pipe:
+                for _ in range(ATTEMPTS):
+                    try:
+                        return await self._attempt(pipe, spec, ctx)
+                    except WatchError:
+                        await pipe.reset()  # type: ignore[no-untyped-call]
+        except RedisError as e:
+            raise StepFailed(f"redis: {type(e).__name__}: {e}") from None
+        raise StepFailed(f"the keys kept changing under {spec.operation}; gave up after {ATTEMPTS} attempts")
+
+    async def _attempt(self, pipe: Pipeline, spec: RedisSpec, ctx: RunContext) -> StepResult:
+        plan = await spec.chosen.plan(pipe, ctx, spec.max_items)
+        detail = {"system": spec.system, "operation": spec.operation, **plan.detail}
+        if plan.count > spec.max_items:
+            raise Refused(f"{spec.operation} would touch {plan.count} items, more than max_items {spec.max_items}")
+        if ctx.dry_run or not plan.writes:
+            await pipe.reset()  # type: ignore[no-untyped-call]  # drops the WATCH
+            return StepResult(rows=plan.count, detail=detail)
+        pipe.multi()  # type: ignore[no-untyped-call]
+        for write in plan.writes:
+            write(pipe)
+        await pipe.execute()
+        return StepResult(rows=plan.count, detail=detail)

@@ -1,0 +1,94 @@
+"""Playbook templates (`{{ labels.x }}`), rendered in a Jinja sandbox.
+
+Templates are written by the operator; alert values are only ever *data* handed to them, never
+templates themselves. Every rendered value is a plain string that the step then binds as a SQL
+parameter, an argv element, an escaped URL part or a path checked against a root — so how a
+value is escaped is decided by where it goes, which is why rendering takes an `escape` function
+that Jinja applies to each `{{ ... }}` output (not to the operator's literal text around it).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2 import Template as JinjaTemplate
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import AfterValidator
+
+MAX_OUTPUT = 64 * 1024
+
+Escape = Callable[[str], str]
+
+
+class RenderError(Exception):
+    """A template could not be rendered for this alert (missing label, bad filter input, ...)."""
+
+
+def _plain(value: str) -> str:
+    return value
+
+
+def url_part(value: str) -> str:
+    """Escape a value for one URL path segment or query value: it can never add a `/`, `?`, `#`,
+    `@`, CR/LF or a `..` segment to the URL it is placed in."""
+    if value.strip(".") == "":
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
+
+
+def glob_literal(value: str) -> str:
+    """Escape Redis glob metacharacters so a value matches only itself inside a SCAN pattern."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", value)
+
+
+@functools.cache
+def _environment(escape: Escape) -> SandboxedEnvironment:
+    def finalize(value: Any) -> str:
+        return escape("" if value is None else str(value))
+
+    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=finalize)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile(text: str, escape: Escape) -> JinjaTemplate:
+    return _environment(escape).from_string(text)
+
+
+def check_template(text: str) -> str:
+    """Pydantic validator: reject a template with a syntax error when the playbook is loaded."""
+    try:
+        _compile(text, _plain)
+    except TemplateError as e:
+        line = getattr(e, "lineno", None)
+        raise ValueError(f"template error: {e.message}" + (f" (template line {line})" if line else "")) from None
+    return text
+
+
+Template = Annotated[str, AfterValidator(check_template)]
+
+
+def is_templated(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+def render(text: str, variables: Mapping[str, Any], escape: Escape = _plain) -> str:
+    if not is_templated(text):
+        return text
+    try:
+        out = _compile(text, escape).render(variables)
+    except TemplateError as e:
+        raise RenderError(f"template {text!r}: {e.message}") from None
+    except (ValueError, TypeError, ArithmeticError) as e:  # a filter given an unusable value
+        raise RenderError(f"template {text!r}: {e}") from None
+    if len(out) > MAX_OUTPUT:
+        raise RenderError(f"template {text!r}: output longer than {MAX_OUTPUT} characters")
+    return out
+
+
+def render_all(texts: list[str], variables: Mapping[str, Any], escape: Escape = _plain) -> list[str]:
+    return [render(t, variables, escape) for t in texts]

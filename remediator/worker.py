@@ -1,0 +1,193 @@
+"""Executes journaled runs: claim, guard, execute, record — on any replica sharing the journal.
+
+A claimed run is held by a lease that a heartbeat renews; if renewing fails long enough that
+another replica could take the run over, the run is cancelled (its SQL rolls back) rather than
+risk executing twice. The per-playbook guards (cooldown, circuit breaker) are checked under the
+playbook's advisory lock, and the outcome is written before the lock is released, so concurrent
+replicas see each other's runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from remediator.config import Playbook, Setup
+from remediator.engine import Engine, Report
+from remediator.journal import Journal, JournalUnavailable, Run
+from remediator.metrics import Metrics
+
+log = logging.getLogger("taskmedic.remediator.worker")
+
+BUSY_RETRY = 1.0  # seconds before a run whose playbook is running elsewhere is claimed again
+
+
+class Worker:
+    def __init__(self, setup: Setup, journal: Journal, engine: Engine, metrics: Metrics) -> None:
+        self.playbooks = {p.name: p for p in setup.playbooks}
+        self.settings = setup.settings
+        self.journal = journal
+        self.engine = engine
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.settings.workers)
+        self._active: dict[int, asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._loops = [asyncio.create_task(self._claim_loop(), name="claim"),
+                       asyncio.create_task(self._maintain_loop(), name="maintain")]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, give running runs `grace` seconds, cancel the rest and release them."""
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        running = dict(self._active)
+        if running:
+            log.info("waiting for %d running runs", len(running), extra={"grace_seconds": grace})
+            _done, late = await asyncio.wait(running.values(), timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+            cut = [run_id for run_id, task in running.items() if task in late]
+            if cut:
+                log.warning("runs cut short by shutdown; their SQL was rolled back", extra={"run_ids": cut})
+                with contextlib.suppress(JournalUnavailable):
+                    await self.journal.release(cut)
+
+    async def _claim_loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            self._wake.clear()
+            try:
+                run = await self.journal.claim(list(self.playbooks))
+            except JournalUnavailable as e:
+                log.warning("journal unavailable; cannot claim runs", extra={"error": str(e)})
+                run = None
+            if run is None:
+                self._slots.release()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                continue
+            task = asyncio.create_task(self._handle(run), name=f"run-{run.id}")
+            self._active[run.id] = task
+            task.add_done_callback(functools.partial(self._done, run.id))
+
+    def _done(self, run_id: int, _task: asyncio.Task[None]) -> None:
+        self._active.pop(run_id, None)
+        self._slots.release()
+
+    async def _maintain_loop(self) -> None:
+        while True:
+            try:
+                await self._recover()
+                await self._refresh_circuits()
+                self.metrics.journal_up.set(1)
+            except JournalUnavailable as e:
+                self.metrics.journal_up.set(0)
+                log.warning("journal unavailable", extra={"error": str(e)})
+            await asyncio.sleep(max(0.5, self.settings.lease / 3))
+
+    def _may_retry(self, run: Run) -> bool:
+        playbook = self.playbooks.get(run.playbook)
+        return playbook is not None and playbook.retry_interrupted and run.attempts < playbook.max_attempts
+
+    async def _recover(self) -> None:
+        settled = await self.journal.recover(self._may_retry, exclude=list(self._active))
+        for run, retried in settled:
+            self.metrics.runs.labels(run.playbook, "interrupted").inc()
+            log.warning("run interrupted: its replica stopped mid-run", extra={
+                "run_id": run.id, "playbook": run.playbook, "replica": run.row["replica"],
+                "attempt": run.attempts, "retried": retried})
+        if any(retried for _run, retried in settled):
+            self.wake()
+
+    async def _refresh_circuits(self) -> None:
+        counts = await self.journal.runs_last_hour()
+        for name, playbook in self.playbooks.items():
+            if playbook.max_runs_per_hour is not None:
+                self.metrics.circuit.labels(name).set(int(counts.get(name, 0) >= playbook.max_runs_per_hour))
+
+    async def _handle(self, run: Run) -> None:
+        playbook = self.playbooks[run.playbook]
+        lease = asyncio.create_task(self._keep_lease(run, asyncio.current_task()))
+        started = time.monotonic()
+        try:
+            async with self._exclusive(playbook) as got:
+                if not got:
+                    await self.journal.requeue(run.id, BUSY_RETRY)
+                    return
+                report = await self._guarded(run, playbook)
+                await self._finish(run, report, time.monotonic() - started)
+        except JournalUnavailable as e:
+            log.error("journal unavailable during a run; its lease will expire and it will be settled as "
+                      "interrupted", extra={"run_id": run.id, "playbook": run.playbook, "error": str(e)})
+        finally:
+            lease.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, playbook: Playbook) -> AsyncIterator[bool]:
+        if not playbook.exclusive:
+            yield True
+            return
+        async with self.journal.exclusive(playbook.name) as got:
+            yield got
+
+    async def _guarded(self, run: Run, playbook: Playbook) -> Report:
+        if playbook.cooldown and await self.journal.recently_acted(run, playbook.cooldown):
+            return Report("suppressed", error=f"cooldown: this alert was acted on less than "
+                                              f"{playbook.cooldown:g}s ago")
+        if playbook.max_runs_per_hour is not None:
+            count = (await self.journal.runs_last_hour()).get(playbook.name, 0)
+            circuit_open = count >= playbook.max_runs_per_hour
+            self.metrics.circuit.labels(playbook.name).set(int(circuit_open))
+            if circuit_open:
+                return Report("suppressed", error=f"circuit open: {count} runs in the last hour "
+                                                  f"(max_runs_per_hour {playbook.max_runs_per_hour})")
+        try:
+            async with asyncio.timeout(playbook.timeout):
+                return await self.engine.execute(playbook, run.alert, self.settings.dry_run, run.id)
+        except TimeoutError:
+            return Report("failed", error=f"timed out after {playbook.timeout:g}s; its SQL was rolled back")
+
+    async def _finish(self, run: Run, report: Report, duration: float) -> None:
+        recorded = await self.journal.finish(run.id, report.outcome, report.steps_json(), report.error,
+                                             report.dry_run, duration)
+        if not recorded:
+            log.error("run finished after its lease was taken over; outcome not recorded",
+                      extra={"run_id": run.id, "playbook": run.playbook, "outcome": report.outcome})
+            return
+        self.metrics.runs.labels(run.playbook, report.outcome).inc()
+        self.metrics.duration.labels(run.playbook).observe(duration)
+        log.info("run %s: %s", run.playbook, report.outcome, extra={
+            "run_id": run.id, "playbook": run.playbook, "fingerprint": run.alert.fingerprint,
+            "outcome": report.outcome, "error": report.error, "dry_run": report.dry_run,
+            "steps": len(report.steps), "attempt": run.attempts, "duration_seconds": round(duration, 3)})
+
+    async def _keep_lease(self, run: Run, task: asyncio.Task[None] | None) -> None:
+        """Renew the lease; cancel the run before it could expire unrenewed (another replica
+        would then be free to take it over)."""
+        lease = self.journal.lease
+        expires = time.monotonic() + lease
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                owned: bool | None = await self.journal.renew(run.id)
+            except JournalUnavailable:
+                owned = None
+            if owned:
+                expires = time.monotonic() + lease
+            elif owned is False or time.monotonic() > expires - lease / 3:
+                log.error("lost the lease of a running run; cancelling it (its SQL rolls back)",
+                          extra={"run_id": run.id, "playbook": run.playbook})
+                if task is not None:
+                    task.cancel()
+                return
