@@ -97,8 +97,9 @@ class RemediatorConfig(Model):
 
 class SqlCheck(Model):
     system: Name
-    query: str
+    query: str  # its first column of the first row is the number (no rows: 0)
     params: list[Param] = Field(default_factory=list)
+    expect: float = 0  # the healthy value
 
     @field_validator("query")
     @classmethod
@@ -111,6 +112,7 @@ class RedisCheck(Model):
     system: Name
     count: Literal["llen", "hlen", "zcard", "scard", "xlen", "exists"]
     key: Template
+    expect: float = 0
 
 
 class Check(Model):
@@ -121,7 +123,6 @@ class Check(Model):
 
     sql: SqlCheck | None = None
     redis: RedisCheck | None = None
-    expect: float = 0
     delay: Duration = Field(default=0.0, le=600)
 
     @model_validator(mode="after")
@@ -129,6 +130,10 @@ class Check(Model):
         if (self.sql is None) == (self.redis is None):
             raise ValueError("set exactly one of sql or redis")
         return self
+
+    @property
+    def expect(self) -> float:
+        return self.sql.expect if self.sql is not None else self.redis.expect if self.redis is not None else 0
 
 
 class Step(Model):

@@ -69,9 +69,10 @@ class Payload(_Wire):
     status: Literal["firing", "resolved"]
     receiver: Text
     alerts: list[Alert]
-    groupLabels: Labels = Field(default_factory=dict)
-    commonLabels: Labels = Field(default_factory=dict)
-    commonAnnotations: Labels = Field(default_factory=dict)
+    # Not used (each alert carries its own labels), so only their shape is checked.
+    groupLabels: dict[str, str] = Field(default_factory=dict)
+    commonLabels: dict[str, str] = Field(default_factory=dict)
+    commonAnnotations: dict[str, str] = Field(default_factory=dict)
     externalURL: Text = ""
     groupKey: Text = ""
     truncatedAlerts: int = Field(default=0, ge=0)

@@ -1,0 +1,146 @@
+"""Remediator test kit: a CAPE database in its real shape, a journal database, config and
+playbook files written the way an operator writes them, and Alertmanager-shaped payloads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from remediator.config import Setup, load_setup
+from tests.conftest import Database
+
+TOKEN = "t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+# The conformance playbook's shape: stale pending CAPE tasks → failed_analysis.
+FAIL_STALE = """
+name: cape-fail-stale-pending
+match:
+  alertname: TaskmedicStuckTasks
+  system: cape
+  reason: pending_too_long
+on: firing
+steps:
+  - name: fail stale pending tasks
+    sql:
+      system: cape
+      statement: >-
+        update tasks set status = 'failed_analysis'
+        where status = 'pending' and added_on < localtimestamp - $1::interval
+      params: ["{{ labels.older_than | default('1 hour') }}"]
+      max_rows: 100
+"""
+
+
+def seed_cape(db: Database, stale: int = 5, fresh: int = 2, reported: int = 0) -> None:
+    db.load("cape.sql")
+    insert = ("insert into tasks (target, category, memory, enforce_timeout, clock, added_on, completed_on, status,"
+              " timedout) select 'sample.exe', 'file', false, false, localtimestamp, {added}, {completed},"
+              " '{status}', false from generate_series(1, {n})")
+    for n, status, added, completed in (
+            (stale, "pending", "localtimestamp - interval '3 days'", "null"),
+            (fresh, "pending", "localtimestamp - interval '5 seconds'", "null"),
+            (reported, "reported", "localtimestamp - interval '10 days'", "localtimestamp - interval '9 days'")):
+        if n:
+            db.sql(insert.format(n=n, status=status, added=added, completed=completed))
+
+
+def count(db: Database, where: str) -> int:
+    return int(db.sql(f"select count(*) from tasks where {where}"))
+
+
+def alert(fingerprint: str = "f1", starts: str = "2026-11-22T10:00:00Z", status: str = "firing",
+          **labels: str) -> dict[str, Any]:
+    lab = {"alertname": "TaskmedicStuckTasks", "system": "cape", "reason": "pending_too_long", **labels}
+    return {"status": status, "labels": lab, "annotations": {"summary": "stuck"}, "startsAt": starts,
+            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prometheus:9090/graph",
+            "fingerprint": fingerprint}
+
+
+def payload(*alerts: dict[str, Any]) -> dict[str, Any]:
+    alerts = alerts or (alert(),)
+    return {"version": "4", "groupKey": '{}:{alertname="TaskmedicStuckTasks"}', "truncatedAlerts": 0,
+            "status": alerts[0]["status"], "receiver": "taskmedic",
+            "groupLabels": {"alertname": "TaskmedicStuckTasks"}, "commonLabels": alerts[0]["labels"],
+            "commonAnnotations": {}, "externalURL": "http://alertmanager:9093", "alerts": list(alerts)}
+
+
+@dataclass
+class Site:
+    """One operator's setup: a CAPE database, a journal database, Redis, files and config."""
+
+    tmp: Path
+    cape: Database
+    journal: Database
+    redis_url: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, *playbooks: str, systems: str = "", **settings: Any) -> Path:
+        book_dir = self.tmp / "playbooks"
+        book_dir.mkdir(exist_ok=True)
+        for old in book_dir.glob("*.yml"):
+            old.unlink()
+        for i, text in enumerate(playbooks):
+            (book_dir / f"p{i}.yml").write_text(textwrap.dedent(text))
+        remediator = {"journal": self.journal.dsn, "playbooks": str(book_dir), "auth": {"bearer_token": TOKEN},
+                      "lease": 3, "poll_interval": 0.1, "workers": 2, "shutdown_grace": 5, **settings}
+        config = (f"systems:\n  cape:\n    profile: cape\n    database: {self.cape.dsn}\n"
+                  f"  jobs:\n    profile: celery\n    redis: {self.redis_url}\n"
+                  + textwrap.dedent(systems)
+                  + "remediator: " + json.dumps(remediator) + "\n")
+        path = self.tmp / "taskmedic.yml"
+        path.write_text(config)
+        return path
+
+    def setup(self, *playbooks: str, **settings: Any) -> Setup:
+        return load_setup(str(self.write(*playbooks, **settings)))
+
+    def journal_rows(self, columns: str = "playbook, fingerprint, outcome") -> list[str]:
+        out = self.journal.sql(f"select {columns} from taskmedic_runs order by id")
+        return out.splitlines() if out else []
+
+
+Client = TestClient[web.Request, web.Application]
+StartApp = Callable[..., Awaitable[Client]]
+
+
+async def post(client: Client, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with client.post("/alerts", data=data, headers={"Content-Type": "application/json",
+                                                          **(AUTH if headers is None else headers)}) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def settled(site: Site, n: int = 1, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """Wait until `n` journal rows are done; returns every row (oldest first)."""
+    end = time.monotonic() + timeout
+    while True:
+        rows = await fetch(site.journal.dsn, "select * from taskmedic_runs order by id")
+        if sum(r["status"] == "done" for r in rows) >= n or time.monotonic() > end:
+            break
+        await asyncio.sleep(0.1)
+    done = [dict(r) for r in rows]
+    for row in done:
+        for key in ("steps", "labels", "history"):
+            if isinstance(row.get(key), str):
+                row[key] = json.loads(row[key])
+    assert sum(r["status"] == "done" for r in done) >= n, f"runs not settled in {timeout}s: {done}"
+    return done
