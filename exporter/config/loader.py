@@ -249,6 +249,11 @@ def load(model: type[M], path: str | os.PathLike[str],
     doc = read_yaml(path)
     if not isinstance(doc.data, dict):
         raise ConfigError([f"{doc.file}: expected a mapping at the top level"])
+    # Sections the other process owns are typed `Any` here: drop them before expanding `${ENV}`,
+    # so the exporter does not need the remediator's secrets, nor the other way round.
+    for section, info in model.model_fields.items():
+        if info.annotation is Any:
+            doc.data.pop(section, None)
     expand_env(doc, environ)
     apply_profiles(doc)
     return validate(model, doc)

@@ -181,3 +181,9 @@ def test_check_connect_reaches_sources_and_explains_the_query(db, redis_url: str
     assert res.returncode == 1
     assert "systems.cape.database: cannot query postgresql://u:***@127.0.0.1:1/x" in res.stderr
     assert "secret" not in res.stderr
+
+
+def test_the_other_process_section_is_ignored_with_its_secrets(tmp: Path) -> None:
+    cfg = load(ExporterConfig, write(tmp, "disks:\n  - path: /\nremediator:\n  journal: ${ONLY_THE_REMEDIATOR_HAS_IT}\n"
+                                          "  anything: [goes]\n"), environ={})
+    assert cfg.disks[0].path == "/"
