@@ -113,7 +113,8 @@ class Demo:
         self.sql("harbor", "insert into execution (id, vendor_type, status, trigger, start_time) values "
                            "(1, 'EXECUTION_SWEEP', 'Running', 'SCHEDULE', now() - interval '3 days'), "
                            "(2, 'GARBAGE_COLLECTION', 'Running', 'MANUAL', now() - interval '10 minutes')")
-        self.sql("harbor", "insert into task (execution_id, job_id, status, status_code, vendor_type, start_time) values "
+        self.sql("harbor", "insert into task (execution_id, job_id, status, status_code, vendor_type, "
+                           "start_time) values "
                            "(1, 'sweep-dangling-1', 'Running', 2, 'EXECUTION_SWEEP', now() - interval '3 days'), "
                            "(2, 'gc-healthy-1', 'Running', 2, 'GARBAGE_COLLECTION', now() - interval '10 minutes')")
         r = redis.Redis.from_url(self.rs.url(0))
