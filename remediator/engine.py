@@ -115,10 +115,9 @@ class Engine:
             record.rows, record.detail = result.rows, result.detail
             if result.rows_returned is not None:
                 ctx.outputs[step.name] = result.rows_returned
-        except Refused as e:
-            record.outcome, record.error = "refused", str(e)
-        except StepFailed as e:
-            record.outcome, record.error = "failed", str(e)
+        except (Refused, StepFailed) as e:
+            record.outcome = "refused" if isinstance(e, Refused) else "failed"
+            record.error, record.detail = str(e), e.detail
         except (asyncpg.PostgresError, asyncpg.InterfaceError, RedisError, OSError) as e:
             record.outcome, record.error = "failed", f"{type(e).__name__}: {e}"
         record.duration_seconds = round(time.monotonic() - started, 4)

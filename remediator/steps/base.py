@@ -23,11 +23,19 @@ from remediator.templating import Escape, RenderError, render, render_all
 S = TypeVar("S", bound=Model)
 
 
-class StepFailed(Exception):
+class StepStopped(Exception):
+    """The step ended the run; `detail` (what it saw) goes into the journal with the message."""
+
+    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or {}
+
+
+class StepFailed(StepStopped):
     """The step could not do its job; the run fails and its SQL is rolled back."""
 
 
-class Refused(Exception):
+class Refused(StepStopped):
     """A guard (max_rows, a path outside its root, a process that does not match) stopped the step."""
 
 

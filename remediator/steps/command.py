@@ -61,7 +61,7 @@ class CommandStep(StepType[CommandSpec]):
         code, output = await self._execute(argv, spec)
         detail.update(exit_code=code, output=output)
         if code not in spec.ok_exit_codes:
-            raise StepFailed(f"{argv[0]} exited with {code}: {output[-300:]}")
+            raise StepFailed(f"{argv[0]} exited with {code}: {output[-300:]}", detail)
         return StepResult(rows=1, detail=detail)
 
     async def _execute(self, argv: list[str], spec: CommandSpec) -> tuple[int, str]:

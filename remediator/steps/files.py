@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from exporter.config.model import Duration, Model, Name
+from exporter.config.model import Duration, Model
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
 from remediator.templating import Template
 
@@ -30,7 +30,7 @@ class FilesSpec(Model):
     action: Literal["remove", "quarantine"] = "remove"
     quarantine_dir: str | None = None
     path: Template | None = None  # one entry (relative to root), e.g. the file an alert names
-    ids_from: Name | None = None  # a preceding sql `query` step: only entries named by its ids
+    ids_from: str | None = None  # the name of a preceding sql `query` step: only entries named by its ids
     older_than: Duration = 0.0  # by modification time
     free_ratio: float | None = Field(default=None, gt=0, lt=1)  # stop once this much is free
     max_entries: int = Field(default=100, gt=0)

@@ -61,7 +61,7 @@ class HttpStep(StepType[HttpSpec]):
         status, text = await self._send(spec, url, body)
         detail.update(status=status, response=_summary(text))
         if status not in spec.expect_status:
-            raise StepFailed(f"{spec.method} {url} answered {status}: {_summary(text)}")
+            raise StepFailed(f"{spec.method} {url} answered {status}: {_summary(text)}", detail)
         return StepResult(rows=1, detail=detail)
 
     async def _send(self, spec: HttpSpec, url: URL, body: dict[str, str] | None) -> tuple[int, str]:

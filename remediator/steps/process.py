@@ -60,7 +60,7 @@ class ProcessStep(StepType[ProcessSpec]):
             raise StepFailed(f"pid {pid}: access denied ({e})") from None
         detail.update(name=name, cmdline=cmdline[:200])
         if not (re.search(spec.match, name) or re.search(spec.match, cmdline)):
-            raise Refused(f"pid {pid} ({name}) does not match {spec.match!r}; not signalled")
+            raise Refused(f"pid {pid} ({name}) does not match {spec.match!r}; not signalled", detail)
         if ctx.dry_run:
             return StepResult(rows=1, detail=detail)
         return StepResult(rows=1, detail={**detail, "exited": await self._signal(proc, spec)})

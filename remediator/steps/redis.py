@@ -62,7 +62,7 @@ def _remove_item(key: str, item: Any) -> Callable[[Pipeline], Any]:
 
 
 class Operation(Model):
-    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
         raise NotImplementedError
 
 
@@ -70,7 +70,7 @@ class ListRemove(Operation):
     key: Template
     value: Template
 
-    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
         key, value = ctx.render(self.key), ctx.render(self.value)
         await pipe.watch(key)
         count = sum(1 for item in await _list_items(pipe, key) if item == value.encode())
@@ -84,7 +84,7 @@ class ListRemoveWhere(Operation):
     field: str = Field(pattern=r"^[^.]+(\.[^.]+)*$")
     equals: Template
 
-    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
         key, wanted = ctx.render(self.key), ctx.render(self.equals)
         await pipe.watch(key)
         matches = [item for item in await _list_items(pipe, key) if _field(item, self.field) == wanted]
@@ -96,7 +96,7 @@ class HashDelete(Operation):
     key: Template
     fields: list[Template] = Field(min_length=1)
 
-    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
         key, fields = ctx.render(self.key), ctx.render_all(self.fields)
         await pipe.watch(key)
         present = [f for f in fields if await pipe.hexists(key, f)]
@@ -108,7 +108,7 @@ class SortedSetRemove(Operation):
     key: Template
     members: list[Template] = Field(min_length=1)
 
-    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
         key, members = ctx.render(self.key), ctx.render_all(self.members)
         await pipe.watch(key)
         present = [m for m in members if await pipe.zscore(key, m) is not None]
@@ -121,10 +121,10 @@ class DeleteMatching(Operation):
 
     pattern: Template
 
-    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
         pattern = ctx.render(self.pattern, glob_literal)
         keys: list[bytes] = []
-        async for key in pipe.scan_iter(match=pattern, count=500):
+        async for key in client.scan_iter(match=pattern, count=500):  # the pipeline would only queue SCAN
             keys.append(key)
             if len(keys) > limit:
                 break  # already over the guard: no need to list the rest
@@ -141,7 +141,7 @@ class RightPush(Operation):
     values: list[Template] = Field(min_length=1)
     at_head: ClassVar[bool] = False
 
-    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
         key, values = ctx.render(self.key), ctx.render_all(self.values)
 
         def write(p: Pipeline) -> Any:
@@ -159,7 +159,7 @@ class StreamAck(Operation):
     group: str
     ids: list[Template] = Field(min_length=1)
 
-    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int) -> Plan:
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
         key, ids = ctx.render(self.key), ctx.render_all(self.ids)
         await pipe.watch(key)
         return Plan(len(ids), [lambda p: p.xack(key, self.group, *ids)], {"key": key, "group": self.group, "ids": ids})
@@ -202,22 +202,24 @@ class RedisStep(StepType[RedisSpec]):
     spec: ClassVar[type[Model]] = RedisSpec
 
     async def run(self, spec: RedisSpec, ctx: RunContext) -> StepResult:
+        client = ctx.redis(spec.system)
         try:
-            async with ctx.redis(spec.system).pipeline(transaction=True) as pipe:
+            async with client.pipeline(transaction=True) as pipe:
                 for _ in range(ATTEMPTS):
                     try:
-                        return await self._attempt(pipe, spec, ctx)
+                        return await self._attempt(pipe, spec, ctx, client)
                     except WatchError:
                         await pipe.reset()  # type: ignore[no-untyped-call]
         except RedisError as e:
             raise StepFailed(f"redis: {type(e).__name__}: {e}") from None
         raise StepFailed(f"the keys kept changing under {spec.operation}; gave up after {ATTEMPTS} attempts")
 
-    async def _attempt(self, pipe: Pipeline, spec: RedisSpec, ctx: RunContext) -> StepResult:
-        plan = await spec.chosen.plan(pipe, ctx, spec.max_items)
+    async def _attempt(self, pipe: Pipeline, spec: RedisSpec, ctx: RunContext, client: Any) -> StepResult:
+        plan = await spec.chosen.plan(pipe, ctx, spec.max_items, client)
         detail = {"system": spec.system, "operation": spec.operation, **plan.detail}
         if plan.count > spec.max_items:
-            raise Refused(f"{spec.operation} would touch {plan.count} items, more than max_items {spec.max_items}")
+            raise Refused(f"{spec.operation} would touch {plan.count} items, more than max_items {spec.max_items}",
+                          detail)
         if ctx.dry_run or not plan.writes:
             await pipe.reset()  # type: ignore[no-untyped-call]  # drops the WATCH
             return StepResult(rows=plan.count, detail=detail)

@@ -92,9 +92,9 @@ async def _set_timeout(conn: Any, timeout: float | None) -> None:
         await conn.execute("select set_config('statement_timeout', $1, true)", str(int(timeout * 1000)))
 
 
-def _guard(count: int, spec: SqlSpec) -> None:
+def _guard(count: int, spec: SqlSpec, detail: dict[str, Any]) -> None:
     if count > spec.max_rows:
-        raise Refused(f"{count} rows would be affected, more than max_rows {spec.max_rows}; rolled back")
+        raise Refused(f"{count} rows would be affected, more than max_rows {spec.max_rows}; rolled back", detail)
 
 
 class SqlStep(StepType[SqlSpec]):
@@ -110,7 +110,7 @@ class SqlStep(StepType[SqlSpec]):
         await _set_timeout(conn, spec.timeout)
         rows, count = await execute(conn, spec.statement or spec.query or "", values)
         detail["rows"] = count
-        _guard(count, spec)
+        _guard(count, spec, detail)
         first = [r[0] for r in rows] if spec.query is not None and rows and len(rows[0]) else None
         return StepResult(rows=count, detail=detail, rows_returned=first if spec.query is not None else None)
 
@@ -130,7 +130,7 @@ class SqlStep(StepType[SqlSpec]):
                 await outer.start()
             try:
                 while True:
-                    count = await self._one_batch(conn, spec, [*values, str(spec.batch_size)], total, ctx.dry_run)
+                    count = await self._one_batch(conn, spec, [*values, str(spec.batch_size)], total, detail)
                     total, batches = total + count, batches + 1
                     if count < spec.batch_size:
                         break
@@ -140,13 +140,14 @@ class SqlStep(StepType[SqlSpec]):
                     await outer.rollback()
         return StepResult(rows=total, detail=detail)
 
-    async def _one_batch(self, conn: Any, spec: SqlSpec, values: list[str], done: int, dry_run: bool) -> int:
+    async def _one_batch(self, conn: Any, spec: SqlSpec, values: list[str], done: int,
+                         detail: dict[str, Any]) -> int:
         assert spec.batch_size is not None and spec.statement is not None
         async with conn.transaction():  # a savepoint inside the dry run's outer transaction
             await _set_timeout(conn, spec.timeout)
             _rows, count = await execute(conn, spec.statement, values)
             if count > spec.batch_size:
                 raise Refused(f"one batch affected {count} rows, more than batch_size {spec.batch_size}: "
-                              f"the statement must limit itself with ${len(values)}; rolled back")
-            _guard(done + count, spec)
+                              f"the statement must limit itself with ${len(values)}; rolled back", detail)
+            _guard(done + count, spec, detail)
         return count

@@ -16,7 +16,10 @@ import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from exporter.connections import Connections
 from remediator.config import Setup, load_setup
+from remediator.engine import Engine, Report
+from remediator.webhook import Alert
 from tests.conftest import Database
 
 TOKEN = "t0ken-for-tests"
@@ -144,3 +147,16 @@ async def settled(site: Site, n: int = 1, timeout: float = 20.0) -> list[dict[st
                 row[key] = json.loads(row[key])
     assert sum(r["status"] == "done" for r in done) >= n, f"runs not settled in {timeout}s: {done}"
     return done
+
+
+async def execute(setup: Setup, labels: dict[str, str] | None = None, dry_run: bool = False,
+                  playbook: str | None = None) -> Report:
+    """Run one playbook in-process through the engine (no webhook, no journal)."""
+    info = Alert.model_validate(alert(**(labels or {}))).info()
+    connections = Connections("taskmedic-tests", 10.0)
+    book = setup.playbook(playbook) if playbook else setup.playbooks[0]
+    assert book is not None
+    try:
+        return await Engine(setup.config.systems, connections, 10.0).execute(book, info, dry_run)
+    finally:
+        await connections.close()
