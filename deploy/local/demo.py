@@ -22,7 +22,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -197,6 +199,13 @@ class Demo:
         cfg = self.root / "taskmedic.yml"
         storage = self.root / "storage"
         storage.mkdir(exist_ok=True)
+        backups = self.root / "backups"
+        backups.mkdir(exist_ok=True)
+        for day, age in ((21, 2 * 86400), (22, 86400)):
+            path = backups / f"sysreptor-2026-11-{day}.zip"
+            with zipfile.ZipFile(path, "w") as z:
+                z.writestr("backup.jsonl", "{}\n" * 10_000)
+            os.utime(path, (time.time() - age, time.time() - age))
         cfg.write_text(f"""# Written by `make demo`: the contract's minimal config plus 1 s intervals.
 systems:
   cape:
@@ -224,6 +233,11 @@ systems:
       visibility_timeout: 1m
 disks:
   - path: {storage}
+    interval: 1s
+backups:
+  sysreptor:
+    path: {backups}
+    pattern: "*.zip"
     interval: 1s
 remediator:
   journal: {dsn("journal")}
@@ -330,6 +344,37 @@ def runs(remediator: str, token: str) -> list[dict[str, object]]:
     return data
 
 
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every panel target and annotation in grafana/dashboards."""
+    out: list[tuple[str, str]] = []
+
+    def walk(panels: list[dict[str, object]]) -> None:
+        for panel in panels:
+            walk(panel.get("panels", []))  # type: ignore[arg-type]
+            for target in panel.get("targets", []):  # type: ignore[attr-defined]
+                if target.get("expr"):
+                    out.append((str(panel.get("title")), target["expr"]))
+
+    for f in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
+        board = json.loads(f.read_text())
+        walk(board["panels"])
+        out += [(f"annotation {a['name']}", a["expr"]) for a in board.get("annotations", {}).get("list", [])
+                if a.get("expr")]
+    return out
+
+
+def empty_panels(prometheus: str) -> list[str]:
+    """Panels whose query returns no series against the live stack ($system = all)."""
+    empty = []
+    for title, expr in dashboard_queries():
+        query = expr.replace("$system", ".*").replace("$__rate_interval", "1m").replace("$__interval", "15s")
+        data = http_json(f"{prometheus}/api/v1/query?query={urllib.parse.quote(query)}")
+        assert isinstance(data, dict)
+        if not data["data"]["result"]:
+            empty.append(f"{title}: {expr}")
+    return empty
+
+
 def watch(demo: Demo, incidents: list[Incident], timeline: Timeline, deadline: float) -> bool:
     seen_runs: dict[object, str] = {}
     while time.monotonic() < deadline:
@@ -406,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                                ("prometheus", "/-/ready")):
                 wait_http(demo.url(what) + path, 60)
             stack.callback(lambda: [e.kill() for e in demo.engines])
-            print(f"{BOLD}taskmedic demo{RESET} — everything below is real and local:")
+            print(f"{color('taskmedic demo', BOLD)} — everything below is real and local:")
             for what, path in (("exporter", "/metrics"), ("remediator", "/runs"), ("prometheus", "/alerts"),
                                ("alertmanager", "/")):
                 print(f"  {what:<13} {demo.url(what)}{path}")
@@ -415,6 +460,13 @@ def main(argv: list[str] | None = None) -> int:
             timeline.say(f"seeded {len(incidents)} incidents and the healthy-but-slow work next to them")
             healed = watch(demo, incidents, timeline, time.monotonic() + (args.timeout if args.once else 3600))
             touched = demo.untouched()
+            if args.once and healed:
+                empty = empty_panels(demo.url("prometheus"))
+                for panel in empty:
+                    timeline.say(f"dashboard panel without data: {panel}", RED)
+                if not empty:
+                    timeline.say(f"all {len(dashboard_queries())} dashboard queries return series")
+                touched += [f"dashboard: {p}" for p in empty]
             for name in touched:
                 timeline.say(f"TOUCHED healthy work: {name}", RED + BOLD)
             ok = healed and not touched
