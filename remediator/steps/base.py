@@ -46,6 +46,17 @@ class StepResult:
     rows_returned: list[Any] | None = None  # a query step's first column, for later steps
 
 
+async def abort_if_client_dies(conn: Any) -> None:
+    """Make PostgreSQL notice a dead client within seconds, even in the middle of a long statement.
+
+    Without it, a replica killed mid-run leaves its backend running the statement to the end
+    (holding the rows it updated locked) before the transaction is rolled back, and the run's
+    retry waits on those locks. Available from PostgreSQL 14; older servers keep the old behaviour.
+    """
+    if conn.get_server_version().major >= 14:
+        await conn.execute("set local client_connection_check_interval = '2s'")
+
+
 class Transactions:
     """One open transaction per system for the whole run, so all SQL of a run on one system
     commits or rolls back together. Created lazily, settled once by the engine."""
@@ -64,6 +75,7 @@ class Transactions:
             try:
                 tx = conn.transaction()
                 await tx.start()
+                await abort_if_client_dies(conn)
             except BaseException:
                 await pool.release(conn)
                 raise

@@ -15,7 +15,7 @@ import asyncpg
 from pydantic import Field, model_validator
 
 from exporter.config.model import Duration, Model, Name
-from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
+from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType, abort_if_client_dies
 from remediator.templating import Template, is_templated
 
 Param = Template | int | float | bool
@@ -128,6 +128,7 @@ class SqlStep(StepType[SqlSpec]):
             outer = conn.transaction()
             if ctx.dry_run:
                 await outer.start()
+                await abort_if_client_dies(conn)
             try:
                 while True:
                     count = await self._one_batch(conn, spec, [*values, str(spec.batch_size)], total, detail)
@@ -144,6 +145,7 @@ class SqlStep(StepType[SqlSpec]):
                          detail: dict[str, Any]) -> int:
         assert spec.batch_size is not None and spec.statement is not None
         async with conn.transaction():  # a savepoint inside the dry run's outer transaction
+            await abort_if_client_dies(conn)
             await _set_timeout(conn, spec.timeout)
             _rows, count = await execute(conn, spec.statement, values)
             if count > spec.batch_size:
