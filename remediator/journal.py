@@ -130,7 +130,9 @@ class Journal:
                 pool = await asyncpg.create_pool(
                     self._dsn.get_secret_value(), min_size=0, max_size=self._pool_size, init=_codecs,
                     timeout=self._timeout, command_timeout=self._timeout,
-                    server_settings={"application_name": "taskmedic-remediator",
+                    # synchronous_commit: a 2xx (and a claim) must survive a crash of the journal
+                    # server, whatever its default says.
+                    server_settings={"application_name": "taskmedic-remediator", "synchronous_commit": "on",
                                      "statement_timeout": str(int(self._timeout * 1000))})
                 try:
                     await self._migrate(pool)
