@@ -24,6 +24,7 @@ from remediator.metrics import Metrics
 log = logging.getLogger("taskmedic.remediator.worker")
 
 BUSY_RETRY = 1.0  # seconds before a run whose playbook is running elsewhere is claimed again
+FINISH_ATTEMPTS = 5
 
 
 class Worker:
@@ -158,9 +159,21 @@ class Worker:
         except TimeoutError:
             return Report("failed", error=f"timed out after {playbook.timeout:g}s; its SQL was rolled back")
 
+    async def _record(self, run: Run, report: Report, duration: float) -> bool:
+        """Write the outcome, riding out a short journal outage (the lease is still being renewed;
+        if it runs out, the heartbeat cancels this and the run is settled as interrupted)."""
+        for attempt in range(FINISH_ATTEMPTS):
+            try:
+                return await self.journal.finish(run.id, report.outcome, report.steps_json(), report.error,
+                                                 report.dry_run, duration)
+            except JournalUnavailable:
+                if attempt == FINISH_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(1.0)
+        return False
+
     async def _finish(self, run: Run, report: Report, duration: float) -> None:
-        recorded = await self.journal.finish(run.id, report.outcome, report.steps_json(), report.error,
-                                             report.dry_run, duration)
+        recorded = await self._record(run, report, duration)
         if not recorded:
             log.error("run finished after its lease was taken over; outcome not recorded",
                       extra={"run_id": run.id, "playbook": run.playbook, "outcome": report.outcome})

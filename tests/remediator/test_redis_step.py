@@ -83,12 +83,12 @@ async def test_a_lost_job_is_requeued(site: Site) -> None:
 
 
 async def test_a_stream_message_is_acknowledged(site: Site) -> None:
-    client = redis.Redis.from_url(site.redis_url)
-    message = client.xadd("events", {"k": "v"})
+    client = redis.Redis.from_url(site.redis_url, decode_responses=True)
+    message = str(client.xadd("events", {"k": "v"}))
     client.xgroup_create("events", "workers", id="0")
     client.xreadgroup("workers", "w1", {"events": ">"})
     assert client.xpending("events", "workers")["pending"] == 1
     report = await execute(site.setup(book('xack: {key: events, group: workers, ids: ["{{ labels.msg }}"]}')),
-                           {"msg": message.decode()})
+                           {"msg": message})
     assert report.outcome == "succeeded"
     assert client.xpending("events", "workers")["pending"] == 0
