@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from exporter.config.model import System
 from exporter.connections import Connections
-from remediator.config import Check, Playbook, Step
+from remediator.config import Check, Playbook, RedisCheck, SqlCheck, Step
 from remediator.matching import AlertInfo
 from remediator.steps import STEP_TYPES, Refused, RunContext, StepFailed, Transactions
 from remediator.steps.sql import as_text, execute
@@ -142,19 +142,25 @@ class Engine:
         """The check's number, read outside the run's transaction (read-only for SQL)."""
         try:
             if check.sql is not None:
-                system = self.systems[check.sql.system]
-                assert system.database is not None
-                values = [as_text(v) for v in render_all([as_text(p) for p in check.sql.params], variables)]
-                pool = await self.connections.pg(system.database, system.timezone, self.statement_timeout)
-                async with pool.acquire() as conn, conn.transaction(readonly=True):
-                    rows, _ = await execute(conn, check.sql.query, values)
-                return _number(rows[0][0] if rows and len(rows[0]) else None)
+                return await self._measure_sql(check.sql, variables)
             assert check.redis is not None
-            url = self.systems[check.redis.system].redis
-            assert url is not None
-            client = self.connections.redis(url)
-            return _number(await getattr(client, check.redis.count)(render(check.redis.key, variables)))
+            return await self._measure_redis(check.redis, variables)
         except RenderError as e:
             raise StepFailed(str(e)) from None
         except (asyncpg.PostgresError, asyncpg.InterfaceError, RedisError, OSError) as e:
             raise StepFailed(f"{type(e).__name__}: {e}") from None
+
+    async def _measure_sql(self, check: SqlCheck, variables: dict[str, Any]) -> float:
+        system = self.systems[check.system]
+        assert system.database is not None  # checked when the playbooks were loaded
+        values = render_all([as_text(p) for p in check.params], variables)
+        pool = await self.connections.pg(system.database, system.timezone, self.statement_timeout)
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            rows, _ = await execute(conn, check.query, values)
+        return _number(rows[0][0] if rows and len(rows[0]) else None)
+
+    async def _measure_redis(self, check: RedisCheck, variables: dict[str, Any]) -> float:
+        url = self.systems[check.system].redis
+        assert url is not None  # checked when the playbooks were loaded
+        client = self.connections.redis(url)
+        return _number(await getattr(client, check.count)(render(check.key, variables)))

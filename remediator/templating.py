@@ -76,11 +76,11 @@ def is_templated(text: str) -> bool:
     return "{{" in text or "{%" in text
 
 
-def render(text: str, variables: Mapping[str, Any], escape: Escape = _plain) -> str:
+def render(text: str, variables: Mapping[str, Any], escape: Escape | None = None) -> str:
     if not is_templated(text):
         return text
     try:
-        out = _compile(text, escape).render(variables)
+        out = _compile(text, escape or _plain).render(variables)
     except TemplateError as e:
         raise RenderError(f"template {text!r}: {e.message}") from None
     except (ValueError, TypeError, ArithmeticError) as e:  # a filter given an unusable value
@@ -90,5 +90,5 @@ def render(text: str, variables: Mapping[str, Any], escape: Escape = _plain) -> 
     return out
 
 
-def render_all(texts: list[str], variables: Mapping[str, Any], escape: Escape = _plain) -> list[str]:
+def render_all(texts: list[str], variables: Mapping[str, Any], escape: Escape | None = None) -> list[str]:
     return [render(t, variables, escape) for t in texts]

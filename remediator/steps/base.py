@@ -114,7 +114,7 @@ class RunContext:
 
     def render(self, text: str, escape: Escape | None = None) -> str:
         try:
-            return render(text, self.variables, escape) if escape else render(text, self.variables)
+            return render(text, self.variables, escape)
         except RenderError as e:
             raise StepFailed(str(e)) from None
 

@@ -102,7 +102,7 @@ class SqlStep(StepType[SqlSpec]):
     spec: ClassVar[type[Model]] = SqlSpec
 
     async def run(self, spec: SqlSpec, ctx: RunContext) -> StepResult:
-        values = [as_text(v) for v in ctx.render_all([p if isinstance(p, str) else as_text(p) for p in spec.params])]
+        values = ctx.render_all([as_text(p) for p in spec.params])
         detail: dict[str, Any] = {"system": spec.system, "params": values}
         if spec.batch_size is not None:
             return await self._batched(spec, ctx, values, detail)
@@ -111,8 +111,8 @@ class SqlStep(StepType[SqlSpec]):
         rows, count = await execute(conn, spec.statement or spec.query or "", values)
         detail["rows"] = count
         _guard(count, spec, detail)
-        first = [r[0] for r in rows] if spec.query is not None and rows and len(rows[0]) else None
-        return StepResult(rows=count, detail=detail, rows_returned=first if spec.query is not None else None)
+        returned = [r[0] for r in rows if len(r)] if spec.query is not None else None
+        return StepResult(rows=count, detail=detail, rows_returned=returned)
 
     async def _batched(self, spec: SqlSpec, ctx: RunContext, values: list[str],
                        detail: dict[str, Any]) -> StepResult:

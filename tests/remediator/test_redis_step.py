@@ -92,3 +92,14 @@ async def test_a_stream_message_is_acknowledged(site: Site) -> None:
                            {"msg": message})
     assert report.outcome == "succeeded"
     assert client.xpending("events", "workers")["pending"] == 0
+
+
+async def test_a_redis_check_skips_an_empty_queue_and_verifies_a_drained_one(site: Site) -> None:
+    checks = ("precheck: {redis: {system: jobs, count: llen, key: celery}}\n"
+              "verify: {redis: {system: jobs, count: llen, key: celery, expect: 1}}\n")
+    setup = site.setup(book('lrem_where: {key: celery, field: headers.id, equals: "{{ labels.task_id }}"}') + checks)
+    assert (await execute(setup, {"task_id": "stuck"})).outcome == "skipped"
+    client = celery_queue(site.redis_url, ["stuck", "fine"])
+    report = await execute(setup, {"task_id": "stuck"})
+    assert (report.outcome, report.precheck, report.verify) == ("succeeded", 2, 1)
+    assert ids_in(client, "celery") == ["fine"]
