@@ -160,9 +160,12 @@ class Journal:
             raise JournalUnavailable(f"{type(e).__name__}: {e}") from e
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await asyncio.wait_for(self._pool.close(), 5)
-            self._pool = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except (TimeoutError, *UNAVAILABLE):
+                pool.terminate()
 
     async def ping(self) -> None:
         async with self.connection() as conn:

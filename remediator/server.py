@@ -61,14 +61,14 @@ async def receive(state: State, request: web.Request) -> web.Response:
     except InvalidPayload as e:
         return _answer(state, 400, {"error": "invalid Alertmanager webhook payload", "problems": e.problems})
     runs, unmatched = [], 0
-    for alert in payload.alerts:
-        playbooks = matching(state.setup.playbooks, alert.info())
+    for info in (a.info() for a in payload.alerts):
+        playbooks = matching(state.setup.playbooks, info)
         if not playbooks:
             unmatched += 1
             state.metrics.unmatched.inc()
-            log.info("alert matches no playbook", extra={"alertname": alert.labels.get("alertname"),
-                                                         "fingerprint": alert.fingerprint, "status": alert.status})
-        runs += [NewRun(p.name, alert.info(), payload.receiver, payload.groupKey) for p in playbooks]
+            log.info("alert matches no playbook", extra={"alertname": info.labels.get("alertname"),
+                                                         "fingerprint": info.fingerprint, "status": info.status})
+        runs += [NewRun(p.name, info, payload.receiver, payload.groupKey) for p in playbooks]
     try:
         new = await state.journal.record(runs)
     except JournalUnavailable as e:
