@@ -164,7 +164,7 @@ class Journal:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), 5)
-            except (TimeoutError, *UNAVAILABLE):
+            except UNAVAILABLE:  # TimeoutError is one of them
                 pool.terminate()
 
     async def ping(self) -> None:
