@@ -99,7 +99,7 @@ class Site:
                       "lease": 3, "poll_interval": 0.1, "workers": 2, "shutdown_grace": 5, **settings}
         config = (f"systems:\n  cape:\n    profile: cape\n    database: {self.cape.dsn}\n"
                   f"  jobs:\n    profile: celery\n    redis: {self.redis_url}\n"
-                  + textwrap.dedent(systems)
+                  + systems
                   + "remediator: " + json.dumps(remediator) + "\n")
         path = self.tmp / "taskmedic.yml"
         path.write_text(config)
