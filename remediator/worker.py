@@ -126,7 +126,10 @@ class Worker:
                 if not got:
                     await self.journal.requeue(run.id, BUSY_RETRY)
                     return
-                report = await self._guarded(run, playbook)
+                try:
+                    report = await self._guarded(run, playbook)
+                finally:
+                    lease.cancel()  # from here on a lost lease must not cancel the bookkeeping
                 await self._finish(run, report, time.monotonic() - started)
         except JournalUnavailable as e:
             log.error("journal unavailable during a run; its lease will expire and it will be settled as "
