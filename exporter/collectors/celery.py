@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
-from exporter.collectors.redis_base import RedisQueueCollector, redis_now, scan_keys, systems_of_type
+from exporter.collectors.redis_base import RedisQueueCollector, redis_now, systems_of_type
 from exporter.config.model import ExporterConfig
 from exporter.connections import Connections
 from exporter.metrics import Sample, sample
@@ -24,22 +24,23 @@ def priority_queue(queue: bytes, step: int) -> bytes:
 @dataclass
 class CeleryQueueCollector(RedisQueueCollector):
     async def _discover(self) -> tuple[set[bytes], dict[bytes, bytes]]:
-        """Queue names and routing key → queue, from kombu's `_kombu.binding.*` sets."""
+        """Queue names and routing key → queue, from kombu's `_kombu.binding.<exchange>` sets.
+
+        The binding sets have known names, so no SCAN of the keyspace (which holds every
+        `celery-task-meta-*` result) is needed."""
         src = self.source
         names = {n.encode() for n in src.names}
         routes: dict[bytes, bytes] = {}
         if src.discover:
-            keys = await scan_keys(self.client, "_kombu.binding.*", src.max_queues)
-            if keys:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.smembers(key)
-                    for members in await pipe.execute():
-                        for member in members:
-                            parts = member.split(SEP)
-                            if len(parts) == 3 and parts[2]:
-                                routes[parts[0]] = parts[2]
-                                names.add(parts[2])
+            async with self.client.pipeline(transaction=False) as pipe:
+                for exchange in src.exchanges:
+                    pipe.smembers(f"_kombu.binding.{exchange}")
+                for members in await pipe.execute():
+                    for member in members:
+                        parts = member.split(SEP)
+                        if len(parts) == 3 and parts[2]:
+                            routes[parts[0]] = parts[2]
+                            names.add(parts[2])
         return set(sorted(names)[: src.max_queues]), routes
 
     async def collect(self) -> list[Sample]:

@@ -1,14 +1,14 @@
 """HarborQueueCollector: Harbor's job service queues (gocraft/work layout under a namespace):
 `<ns>:jobs:<TYPE>` lists (new jobs pushed left, taken from the right), in-progress lists
-`<ns>:jobs:<TYPE>:<pool>:inprogress`, job types in `<ns>:known_jobs`."""
+`<ns>:jobs:<TYPE>:<pool>:inprogress`, job types in `<ns>:known_jobs`, worker pools in
+`<ns>:worker_pools`. All names are derived from those two sets: no SCAN of the keyspace."""
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 
-from exporter.collectors.redis_base import RedisQueueCollector, redis_now, scan_keys, systems_of_type
+from exporter.collectors.redis_base import RedisQueueCollector, redis_now, systems_of_type
 from exporter.config.model import ExporterConfig
 from exporter.connections import Connections
 from exporter.metrics import Sample, sample
@@ -34,37 +34,29 @@ class HarborQueueCollector(RedisQueueCollector):
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.time()
             pipe.smembers(prefix + "known_jobs")
-            now_reply, known = await pipe.execute()
+            pipe.smembers(prefix + "worker_pools")
+            now_reply, known, pools = await pipe.execute()
         now = redis_now(now_reply)
-        names = set(src.names) | {k.decode(errors="replace") for k in known}
-        inprogress: dict[str, list[bytes]] = {}
+        names = set(src.names)
         if src.discover:
-            for key in await scan_keys(self.client, jobs + "*", src.max_queues * 4):
-                rest = key.decode(errors="replace")[len(jobs):]
-                parts = rest.split(":")
-                if len(parts) == 1:
-                    names.add(rest)
-                elif parts[-1] == "inprogress":
-                    inprogress.setdefault(parts[0], []).append(key)
+            names |= {k.decode(errors="replace") for k in known}
         queues = sorted(names)[: src.max_queues]
+        pool_ids = sorted(p.decode(errors="replace") for p in pools)
         async with self.client.pipeline(transaction=False) as pipe:
             for q in queues:
                 pipe.llen(jobs + q)
                 pipe.lindex(jobs + q, -1)
-            for keys in inprogress.values():
-                for key in keys:
-                    pipe.llen(key)
+                for pool in pool_ids:
+                    pipe.llen(f"{jobs}{q}:{pool}:inprogress")
             replies = await pipe.execute()
-        running: Counter[str] = Counter()
-        lengths = iter(replies[2 * len(queues):])
-        for q, keys in inprogress.items():
-            running[q] = sum(next(lengths) for _ in keys)
+        width = 2 + len(pool_ids)
         out: list[Sample] = []
         system = self.system_name
         for i, q in enumerate(queues):
-            depth, oldest = replies[2 * i], enqueued_at(replies[2 * i + 1])
+            depth, head, *running = replies[i * width:(i + 1) * width]
+            oldest = enqueued_at(head)
             out.append(sample("taskmedic_queue_depth", depth, system=system, queue=q))
-            out.append(sample("taskmedic_queue_unacked", running[q], system=system, queue=q))
+            out.append(sample("taskmedic_queue_unacked", sum(running), system=system, queue=q))
             out.append(sample("taskmedic_queue_oldest_age_seconds", max(now - oldest, 0.0) if oldest else 0.0,
                               system=system, queue=q))
         return out

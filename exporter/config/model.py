@@ -197,10 +197,11 @@ class QueueSource(Model):
 
     type: Literal["celery", "rq", "list", "harbor"]
     names: list[str] = Field(default_factory=list)
-    discover: bool = True  # find more queues (kombu bindings, rq:queues, known_jobs, SCAN)
+    discover: bool = True  # find more queues (kombu bindings, rq:queues, harbor known_jobs, list globs)
     max_queues: int = Field(default=1000, gt=0)  # cardinality cap on discovered queues
     namespace: str | None = None  # harbor job service namespace
     priority_steps: list[int] = Field(default_factory=lambda: [3, 6, 9])  # celery sub-queues
+    exchanges: list[str] = Field(default_factory=lambda: ["celery"])  # celery: kombu binding sets read
     visibility_timeout: Duration = 3600.0  # celery: unacked older than this are stuck
     max_unacked_scanned: int = Field(default=10_000, gt=0)
 

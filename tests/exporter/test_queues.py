@@ -31,6 +31,20 @@ def celery_config(url: str, visibility: str = "1h") -> str:
             f"    queues:\n      visibility_timeout: {visibility}\n")
 
 
+async def test_celery_queues_are_discovered_from_kombu_bindings(redis_url: str, tmp: Path) -> None:
+    from kombu import Connection, Exchange, Queue
+
+    with Connection(redis_url) as conn:
+        exchange = Exchange("celery", type="direct")
+        for name in ("reports", "scans"):
+            queue = Queue(name, exchange, routing_key=name)
+            conn.Producer().publish({"x": 1}, exchange=exchange, routing_key=name, declare=[queue])
+    r = (await collect(tmp, celery_config(redis_url)))["queues:jobs"]
+    assert value(r, "taskmedic_queue_depth", queue="reports") == 1
+    assert value(r, "taskmedic_queue_depth", queue="scans") == 1
+    assert value(r, "taskmedic_queue_depth", queue="celery") == 0  # configured, declared or not
+
+
 async def test_celery_depth_counts_priority_sub_queues(redis_url: str, tmp: Path) -> None:
     from kombu import Connection
 
@@ -115,13 +129,15 @@ async def test_harbor_job_service_queue_latency(redis_url: str, tmp: Path) -> No
     for age in (3 * 86400, 3600, 60):
         client.lpush(ns + "jobs:EXECUTION_SWEEP", json.dumps({"name": "EXECUTION_SWEEP", "id": f"j{age}",
                                                               "t": int(now - age), "args": {}}))
+    client.sadd(ns + "worker_pools", "pool1", "pool2")
     client.lpush(ns + "jobs:EXECUTION_SWEEP:pool1:inprogress", json.dumps({"id": "jx", "t": int(now)}))
+    client.lpush(ns + "jobs:EXECUTION_SWEEP:pool2:inprogress", json.dumps({"id": "jy", "t": int(now)}))
     client.set(ns + "jobs:EXECUTION_SWEEP:lock", 1)
     r = (await collect(tmp, f"systems:\n  harbor:\n    profile: harbor\n    redis: {redis_url}\n"
                             f"    tasks: null\n"))["queues:harbor"]
     assert r.up, r.error
     assert value(r, "taskmedic_queue_depth", queue="EXECUTION_SWEEP") == 3
-    assert value(r, "taskmedic_queue_unacked", queue="EXECUTION_SWEEP") == 1
+    assert value(r, "taskmedic_queue_unacked", queue="EXECUTION_SWEEP") == 2
     assert value(r, "taskmedic_queue_depth", queue="GARBAGE_COLLECTION") == 0
     age = value(r, "taskmedic_queue_oldest_age_seconds", queue="EXECUTION_SWEEP")
     assert age is not None and 3 * 86400 - 10 < age < 3 * 86400 + 10
