@@ -135,3 +135,34 @@ def test_port_in_use_is_a_clear_error(tmp: Path) -> None:
         res = subprocess.run([sys.executable, "-m", "exporter", "--config", str(cfg), "--listen",
                               f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in res.stderr
+
+
+def test_redis_outage_drops_only_the_queue_collector_and_recovers(tmp: Path) -> None:
+    from tests.services import RedisServer
+
+    rs = RedisServer(tempdir("taskmedic-redis-"))  # its own server: this test stops it
+    rs.start()
+    cfg = tmp / "taskmedic.yml"
+    cfg.write_text(f"systems:\n  jobs:\n    profile: celery\n    redis: {rs.url(0)}\n    interval: 1s\n"
+                   f"    timeout: 2s\ndisks:\n  - path: {tmp}\n    interval: 1s\n")
+    port = free_port()
+    try:
+        with running([sys.executable, "-m", "exporter", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
+                     tmp / "log"):
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+            eventually(lambda: get(metrics(port), "taskmedic_queue_depth", queue="celery") == 0, 20, "celery depth")
+            rs.stop()
+            eventually(lambda: get(metrics(port), "taskmedic_collector_up", collector="queues:jobs") == 0, 10,
+                       "queue collector down")
+            m = metrics(port)
+            assert get(m, "taskmedic_queue_depth", queue="celery") is None
+            assert get(m, "taskmedic_collector_up", collector=f"disk:{tmp}") == 1
+            rs.start()  # same port
+            import redis
+
+            redis.Redis.from_url(rs.url(0)).rpush("celery", "m1", "m2")
+            eventually(lambda: get(metrics(port), "taskmedic_queue_depth", queue="celery") == 2, 20,
+                       "queue collector back without a restart")
+    finally:
+        rs.stop()
+        shutil.rmtree(rs.root, ignore_errors=True)
