@@ -7,6 +7,7 @@ from the journal, on whichever replica claims them first.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -88,24 +89,27 @@ async def post_alerts(request: web.Request) -> web.Response:
         return _answer(state, 500, {"error": "internal error"})
 
 
+def _json_error(error: type[web.HTTPException], message: str) -> web.HTTPException:
+    return error(text=json.dumps({"error": message}), content_type="application/json")
+
+
 def _authorized(request: web.Request) -> None:
     state = request.app[STATE]
     if state.setup.settings.auth.protect_runs and not state.credentials.allows(request.headers.get("Authorization")):
-        raise web.HTTPUnauthorized(text='{"error": "unauthorized"}', content_type="application/json")
+        raise _json_error(web.HTTPUnauthorized, "unauthorized")
 
 
 def _choice(request: web.Request, key: str, allowed: tuple[str, ...]) -> str | None:
     value = request.query.get(key) or None
     if value is not None and value not in allowed:
-        raise web.HTTPBadRequest(text=f'{{"error": "{key} must be one of {", ".join(allowed)}"}}',
-                                 content_type="application/json")
+        raise _json_error(web.HTTPBadRequest, f"{key} must be one of {', '.join(allowed)}")
     return value
 
 
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "50")
     if not raw.isdigit() or not 0 < int(raw) <= MAX_LIST:
-        raise web.HTTPBadRequest(text=f'{{"error": "limit must be 1..{MAX_LIST}"}}', content_type="application/json")
+        raise _json_error(web.HTTPBadRequest, f"limit must be 1..{MAX_LIST}")
     return int(raw)
 
 
