@@ -22,7 +22,7 @@ from remediator.engine import Engine
 from remediator.journal import OUTCOMES, STATUSES, Journal, JournalUnavailable, NewRun
 from remediator.matching import matching
 from remediator.metrics import Metrics
-from remediator.webhook import Credentials, InvalidPayload, parse
+from remediator.webhook import Credentials, InvalidPayload, Payload, parse
 from remediator.worker import Worker
 
 log = logging.getLogger("taskmedic.remediator.webhook")
@@ -47,6 +47,21 @@ def _answer(state: State, status: int, body: dict[str, Any]) -> web.Response:
     return web.json_response(body, status=status)
 
 
+def _match(state: State, payload: Payload) -> tuple[list[NewRun], int]:
+    """One run per (alert, matching playbook); alerts that match nothing are counted and logged."""
+    runs: list[NewRun] = []
+    unmatched = 0
+    for info in (a.info() for a in payload.alerts):
+        playbooks = matching(state.setup.playbooks, info)
+        if not playbooks:
+            unmatched += 1
+            state.metrics.unmatched.inc()
+            log.info("alert matches no playbook", extra={"alertname": info.labels.get("alertname"),
+                                                         "fingerprint": info.fingerprint, "status": info.status})
+        runs += [NewRun(p.name, info, payload.receiver, payload.groupKey) for p in playbooks]
+    return runs, unmatched
+
+
 async def receive(state: State, request: web.Request) -> web.Response:
     """POST /alerts: 401 before the body is read, 413, 400 with each problem, 503 when the
     journal cannot take the runs, 200 once they are committed."""
@@ -61,15 +76,7 @@ async def receive(state: State, request: web.Request) -> web.Response:
         return _answer(state, 413, {"error": f"body larger than {limit} bytes"})
     except InvalidPayload as e:
         return _answer(state, 400, {"error": "invalid Alertmanager webhook payload", "problems": e.problems})
-    runs, unmatched = [], 0
-    for info in (a.info() for a in payload.alerts):
-        playbooks = matching(state.setup.playbooks, info)
-        if not playbooks:
-            unmatched += 1
-            state.metrics.unmatched.inc()
-            log.info("alert matches no playbook", extra={"alertname": info.labels.get("alertname"),
-                                                         "fingerprint": info.fingerprint, "status": info.status})
-        runs += [NewRun(p.name, info, payload.receiver, payload.groupKey) for p in playbooks]
+    runs, unmatched = _match(state, payload)
     try:
         new = await state.journal.record(runs)
     except JournalUnavailable as e:
