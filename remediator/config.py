@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from exporter.config.loader import ConfigError, Document, KeyPath, expand_env, format_path, load, parse_yaml, validate
@@ -221,33 +220,6 @@ class Setup:
         return next((p for p in self.playbooks if p.name == name), None)
 
 
-# YAML 1.1 reads a plain `on:` key as the boolean true; playbooks say `on: firing`.
-_BOOL_WORDS = re.compile(r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$")
-
-
-def _keys_as_written(text: str) -> str:
-    """Quote plain mapping keys that YAML 1.1 would turn into booleans, where the parser found
-    them (so block scalars are untouched and line numbers stay the same)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return text  # parse_yaml reports the error with its line
-    spots: list[tuple[int, int]] = []
-    stack = [root] if root is not None else []
-    while stack:
-        node = stack.pop()
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.style is None and _BOOL_WORDS.match(key.value):
-                    spots.append((key.start_mark.index, key.end_mark.index))
-                stack.append(value)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-    for start, end in sorted(spots, reverse=True):
-        text = f'{text[:start]}"{text[start:end]}"{text[end:]}'
-    return text
-
-
 def playbook_files(settings: RemediatorSettings, base: Path) -> list[Path]:
     entries = [settings.playbooks] if isinstance(settings.playbooks, str) else settings.playbooks
     files: list[Path] = []
@@ -264,7 +236,7 @@ def _read_playbook(path: Path) -> tuple[Playbook, Document]:
         raise ConfigError([f"{path}: cannot read playbook: {e.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
-    doc = parse_yaml(_keys_as_written(text), str(path))
+    doc = parse_yaml(text, str(path))
     if not isinstance(doc.data, dict):
         raise ConfigError([f"{path}: expected a playbook (a mapping) at the top level"])
     expand_env(doc)

@@ -77,7 +77,8 @@ def _to_data(node: yaml.Node, path: KeyPath, file: str, lines: dict[KeyPath, tup
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node))
+            # A key is a name as written: YAML 1.1 would read a plain `on:` (playbooks) as True.
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
                 raise ConfigError([f"{file}:{key_node.start_mark.line + 1}: {format_path(path)}: "
                                    f"keys must be strings, got {key!r}"])
