@@ -137,6 +137,7 @@ class Check(Model):
 
 class Step(Model):
     name: str = Field(min_length=1)
+    for_each: str | None = None  # an earlier step's output rows: this step runs once per row, as `item`
     sql: SqlSpec | None = None
     redis: RedisSpec | None = None
     http: HttpSpec | None = None
@@ -194,6 +195,8 @@ class Playbook(Model):
         for step in self.steps:
             if step.name in seen:
                 raise ValueError(f"two steps are named {step.name!r}")
+            if step.for_each is not None and step.for_each not in seen:
+                raise ValueError(f"step {step.name!r}: for_each must name an earlier step")
             if step.files is not None and step.files.ids_from is not None:
                 source = seen.get(step.files.ids_from)
                 if source is None or source.sql is None or source.sql.query is None:

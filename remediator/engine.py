@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +23,8 @@ from exporter.config.model import System
 from exporter.connections import Connections
 from remediator.config import Check, Playbook, RedisCheck, SqlCheck, Step
 from remediator.matching import AlertInfo
-from remediator.steps import STEP_TYPES, Refused, RunContext, StepFailed, Transactions
+from remediator.steps import STEP_TYPES, Refused, RunContext, StepFailed, StepResult, Transactions
+from remediator.steps.base import Row
 from remediator.steps.sql import as_text, execute
 from remediator.templating import RenderError, render, render_all
 
@@ -111,7 +112,7 @@ class Engine:
         record = StepRecord(name=step.name, type=step.kind, outcome="dry_run" if ctx.dry_run else "ok")
         started = time.monotonic()
         try:
-            result = await STEP_TYPES[step.kind].run(step.spec, ctx)
+            result = await (self._each(step, ctx) if step.for_each else STEP_TYPES[step.kind].run(step.spec, ctx))
             record.rows, record.detail = result.rows, result.detail
             if result.rows_returned is not None:
                 ctx.outputs[step.name] = result.rows_returned
@@ -126,6 +127,23 @@ class Engine:
                         "outcome": record.outcome, "rows": record.rows, "duration_seconds": record.duration_seconds,
                         "error": record.error, "dry_run": ctx.dry_run})
         return record
+
+    async def _each(self, step: Step, ctx: RunContext) -> StepResult:
+        """Run the step once per output row of `for_each`, that row being `item` in its templates.
+        Each run keeps its own guard; the rows it outputs are gathered for later steps."""
+        assert step.for_each is not None
+        items = ctx.outputs.get(step.for_each, [])
+        total = StepResult(detail={"for_each": step.for_each, "items": len(items), "each": []})
+        kept: list[Row] = []
+        for item in items:
+            result = await STEP_TYPES[step.kind].run(step.spec, replace(ctx, variables={**ctx.variables,
+                                                                                        "item": item}))
+            total.rows += result.rows
+            if len(total.detail["each"]) < 20:
+                total.detail["each"].append(result.detail)
+            kept += result.rows_returned or []
+        total.rows_returned = kept
+        return total
 
     async def _verify(self, check: Check, variables: dict[str, Any], report: Report) -> None:
         await asyncio.sleep(check.delay)

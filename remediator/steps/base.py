@@ -21,6 +21,11 @@ from exporter.connections import Connections
 from remediator.templating import Escape, RenderError, render, render_all
 
 S = TypeVar("S", bound=Model)
+Row = dict[str, Any]  # one output row of a step: a query's columns, or the item a filter kept
+
+
+def first_value(row: Row) -> Any:
+    return next(iter(row.values()), None)
 
 
 class StepStopped(Exception):
@@ -43,7 +48,7 @@ class Refused(StepStopped):
 class StepResult:
     rows: int = 0  # rows/items/files/processes affected (or that would be, in a dry run)
     detail: dict[str, Any] = field(default_factory=dict)
-    rows_returned: list[Any] | None = None  # a query step's first column, for later steps
+    rows_returned: list[Row] | None = None  # rows for later steps (for_each, ids_from)
 
 
 async def abort_if_client_dies(conn: Any) -> None:
@@ -110,7 +115,7 @@ class RunContext:
     connections: Connections
     transactions: Transactions
     log: logging.Logger
-    outputs: dict[str, list[Any]] = field(default_factory=dict)  # query step name → first column
+    outputs: dict[str, list[Row]] = field(default_factory=dict)  # step name → its output rows
 
     def render(self, text: str, escape: Escape | None = None) -> str:
         try:

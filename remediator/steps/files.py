@@ -11,6 +11,7 @@ or `max_entries` were handled.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
 import shutil
 import stat
@@ -20,8 +21,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from exporter.archive import check_file
 from exporter.config.model import Duration, Model
-from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
+from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType, first_value
 from remediator.templating import Template
 
 
@@ -31,6 +33,8 @@ class FilesSpec(Model):
     quarantine_dir: str | None = None
     path: Template | None = None  # one entry (relative to root), e.g. the file an alert names
     ids_from: str | None = None  # the name of a preceding sql `query` step: only entries named by its ids
+    pattern: str = "*"  # a glob over the root's entries (when neither path nor ids_from is set)
+    invalid_only: bool = False  # only backup files that fail the exporter's validity check (S4)
     older_than: Duration = 0.0  # by modification time
     free_ratio: float | None = Field(default=None, gt=0, lt=1)  # stop once this much is free
     max_entries: int = Field(default=100, gt=0)
@@ -96,12 +100,17 @@ def _candidates(spec: FilesSpec, root: str, ctx: RunContext) -> list[Entry]:
     if spec.path is not None:
         names = [ctx.render(spec.path)]
     elif spec.ids_from is not None:
-        names = [str(i) for i in ctx.outputs.get(spec.ids_from, []) if i is not None]
+        ids = (first_value(row) for row in ctx.outputs.get(spec.ids_from, []))
+        names = [str(i) for i in ids if i is not None]
     else:
-        names = sorted(n for n in os.listdir(root) if not os.path.islink(os.path.join(root, n)))
+        names = sorted(n for n in os.listdir(root)
+                       if fnmatch.fnmatchcase(n, spec.pattern) and not os.path.islink(os.path.join(root, n)))
     entries = [_entry(_inside(root, name)) for name in names]
     cutoff = time.time() - spec.older_than
-    return sorted((e for e in entries if e is not None and e.mtime <= cutoff), key=lambda e: e.mtime)
+    chosen = [e for e in entries if e is not None and e.mtime <= cutoff]
+    if spec.invalid_only:
+        chosen = [e for e in chosen if os.path.isfile(e.path) and not check_file(e.path)[0]]
+    return sorted(chosen, key=lambda e: e.mtime)
 
 
 def _free(root: str) -> tuple[int, int]:

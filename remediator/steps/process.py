@@ -1,4 +1,6 @@
-"""`process` step: signal one process, only if its name or command line matches `match`.
+"""`process` step: signal one process, only if its name or command line matches `match`; or,
+with `action: find_gone`, only look: keep the PID as an output row when no process matching
+`match` has it any more (S5: a zombie task row whose engine died, or whose PID was reused).
 
 The PID comes from the alert (S5: the engine PID a zombie task row names), so the regex is what
 stands between a wrong label and killing an unrelated process; PID 1 and the remediator itself
@@ -27,6 +29,7 @@ SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT,
 class ProcessSpec(Model):
     pid: Template
     match: Regex  # searched in the process name and in its command line joined by spaces
+    action: Literal["signal", "find_gone"] = "signal"
     signal: Literal["TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2"] = "TERM"
     wait: Duration = Field(default=10.0, le=300)  # how long to wait for it to exit
 
@@ -50,6 +53,8 @@ class ProcessStep(StepType[ProcessSpec]):
 
     async def run(self, spec: ProcessSpec, ctx: RunContext) -> StepResult:
         pid = _pid(ctx.render(spec.pid))
+        if spec.action == "find_gone":
+            return self._find_gone(pid, spec, ctx)
         detail: dict[str, object] = {"pid": pid, "signal": spec.signal}
         try:
             proc = psutil.Process(pid)
@@ -64,6 +69,20 @@ class ProcessStep(StepType[ProcessSpec]):
         if ctx.dry_run:
             return StepResult(rows=1, detail=detail)
         return StepResult(rows=1, detail={**detail, "exited": await self._signal(proc, spec)})
+
+    @staticmethod
+    def _find_gone(pid: int, spec: ProcessSpec, ctx: RunContext) -> StepResult:
+        try:
+            proc = psutil.Process(pid)
+            name, cmdline = _describe(proc)
+            gone = proc.status() == psutil.STATUS_ZOMBIE or not (
+                re.search(spec.match, name) or re.search(spec.match, cmdline))
+        except psutil.NoSuchProcess:
+            gone = True
+        except psutil.AccessDenied:
+            gone = False  # it exists; we may not look at it
+        row = ctx.variables.get("item") or {"pid": pid}
+        return StepResult(rows=int(gone), detail={"pid": pid, "gone": gone}, rows_returned=[row] if gone else [])
 
     async def _signal(self, proc: psutil.Process, spec: ProcessSpec) -> bool:
         try:

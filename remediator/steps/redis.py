@@ -8,7 +8,9 @@ guarded is the count that was changed; a concurrent writer makes it start over.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -17,7 +19,7 @@ from pydantic import Field, model_validator
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
-from exporter.config.model import Model, Name
+from exporter.config.model import Duration, Model, Name
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
 from remediator.templating import Template, glob_literal
 
@@ -165,7 +167,96 @@ class StreamAck(Operation):
         return Plan(len(ids), [lambda p: p.xack(key, self.group, *ids)], {"key": key, "group": self.group, "ids": ids})
 
 
-OPERATIONS = ("lrem", "lrem_where", "hdel", "zrem", "delete", "rpush", "lpush", "xack")
+KOMBU_SEP = b"\x06\x16"
+
+
+def _call(command: str, *args: Any, **kwargs: Any) -> Callable[[Pipeline], Any]:
+    """A write to queue inside MULTI: `command` on the pipeline with these arguments."""
+    return lambda p: getattr(p, command)(*args, **kwargs)
+
+
+async def _server_time(pipe: Pipeline) -> float:
+    seconds, micros = await pipe.time()
+    return int(seconds) + int(micros) / 1e6
+
+
+class RequeueUnacked(Operation):
+    """Celery (kombu's Redis transport): give back the messages a dead worker took more than
+    `older_than` ago, the way kombu's own restore does: the message (marked redelivered) goes
+    back on its queue's consuming end, and its `unacked` and `unacked_index` entries go."""
+
+    older_than: Duration = Field(default=3600.0, gt=0)
+
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
+        await pipe.watch("unacked", "unacked_index")
+        cutoff = await _server_time(pipe) - self.older_than
+        tags: list[Any] = await pipe.zrangebyscore("unacked_index", "-inf", cutoff, start=0, num=limit + 1)
+        payloads = await pipe.hmget("unacked", tags) if tags else []
+        writes: list[Callable[[Pipeline], Any]] = []
+        queues: dict[str, int] = {}
+        for tag, payload in zip(tags, payloads, strict=True):
+            writes += [_call("zrem", "unacked_index", tag), _call("hdel", "unacked", tag)]
+            restored = await self._restore(pipe, payload)
+            if restored is not None:
+                queue, body = restored
+                writes.append(_call("rpush", queue, body))
+                queues[_text(queue)] = queues.get(_text(queue), 0) + 1
+        return Plan(len(tags), writes, {"older_than": self.older_than, "queues": queues})
+
+    @staticmethod
+    async def _restore(pipe: Pipeline, payload: bytes | str | None) -> tuple[bytes, str] | None:
+        """(queue, message) for an `unacked` entry `[message, exchange, routing_key]`."""
+        try:
+            message, exchange, routing_key = json.loads(payload or b"")
+        except (ValueError, TypeError):
+            return None  # unreadable: only its index entries are dropped, as kombu does
+        with contextlib.suppress(KeyError, TypeError):
+            message["headers"]["redelivered"] = True
+            message["properties"]["delivery_info"]["redelivered"] = True
+        queue = str(routing_key).encode()
+        if exchange:
+            for member in await pipe.smembers(f"_kombu.binding.{exchange}"):
+                parts = (member if isinstance(member, bytes) else member.encode()).split(KOMBU_SEP)
+                if len(parts) == 3 and parts[0] == queue:
+                    queue = parts[2]
+                    break
+        return queue, json.dumps(message)
+
+
+class FailAbandoned(Operation):
+    """RQ: move jobs whose started-registry lease (`rq:wip:<queue>` score) has expired to the
+    failed registry, as RQ's own registry cleanup does, so they can be inspected or requeued."""
+
+    queues: list[Template] = Field(default_factory=list)  # default: every queue in rq:queues
+    failure_ttl: Duration = Field(default=365 * 86400.0, gt=0)  # RQ's default
+
+    async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
+        await pipe.watch("rq:queues")
+        names = ctx.render_all(self.queues) or sorted(
+            _text(m).removeprefix("rq:queue:") for m in await pipe.smembers("rq:queues"))
+        now = await _server_time(pipe)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(now))
+        writes: list[Callable[[Pipeline], Any]] = []
+        moved: dict[str, list[str]] = {}
+        for queue in names:
+            started = f"rq:wip:{queue}"
+            await pipe.watch(started)
+            for member in await pipe.zrangebyscore(started, "-inf", now, start=0, num=limit + 1):
+                job_id = _text(member).split(":", 1)[0]  # RQ 2 stores `<job id>:<execution id>`
+                moved.setdefault(queue, []).append(job_id)
+                writes += [
+                    _call("zrem", started, member),
+                    _call("zadd", f"rq:failed:{queue}", {job_id: now + self.failure_ttl}),
+                    _call("hset", f"rq:job:{job_id}", mapping={
+                        "status": "failed", "ended_at": stamp,
+                        "exc_info": "taskmedic: abandoned by its worker (started-registry lease expired)"}),
+                ]
+        count = sum(len(v) for v in moved.values())
+        return Plan(count, writes, {"jobs": {q: ids[:50] for q, ids in moved.items()}})
+
+
+OPERATIONS = ("lrem", "lrem_where", "hdel", "zrem", "delete", "rpush", "lpush", "xack", "requeue_unacked",
+              "fail_abandoned")
 
 
 class RedisSpec(Model):
@@ -179,6 +270,8 @@ class RedisSpec(Model):
     rpush: RightPush | None = None
     lpush: LeftPush | None = None
     xack: StreamAck | None = None
+    requeue_unacked: RequeueUnacked | None = None
+    fail_abandoned: FailAbandoned | None = None
 
     @model_validator(mode="after")
     def _one(self) -> RedisSpec:

@@ -111,7 +111,7 @@ class SqlStep(StepType[SqlSpec]):
         rows, count = await execute(conn, spec.statement or spec.query or "", values)
         detail["rows"] = count
         _guard(count, spec, detail)
-        returned = [r[0] for r in rows if len(r)] if spec.query is not None else None
+        returned = [dict(r) for r in rows] if spec.query is not None else None
         return StepResult(rows=count, detail=detail, rows_returned=returned)
 
     async def _batched(self, spec: SqlSpec, ctx: RunContext, values: list[str],
