@@ -145,11 +145,26 @@ class Demo:
         for i in range(20):
             r.lpush("celery", json.dumps({"body": "", "headers": {"id": f"backlog-{i}", "task": "work"},
                                           "properties": {"delivery_tag": f"b{i}"}}))
-        # two messages a dead worker took five minutes ago (kombu's layout: [message, exchange, routing_key])
+        # two messages a dead worker took two hours ago, past the 1 h visibility timeout
+        # (kombu's layout: `unacked` holds [message, exchange, routing_key], `unacked_index` the times)
         for tag in ("dead-1", "dead-2"):
             message = {"body": "", "headers": {"id": tag, "task": "work"}, "properties": {"delivery_tag": tag}}
             r.hset("unacked", tag, json.dumps([message, "", "celery"]))
-            r.zadd("unacked_index", {tag: time.time() - 300})
+            r.zadd("unacked_index", {tag: time.time() - 7200})
+        # and one a live worker took a minute ago: in flight, healthy
+        message = {"body": "", "headers": {"id": "live-1", "task": "work"}, "properties": {"delivery_tag": "live-1"}}
+        r.hset("unacked", "live-1", json.dumps([message, "", "celery"]))
+        r.zadd("unacked_index", {"live-1": time.time() - 60})
+
+    def seed_rq(self) -> None:
+        """RQ's layout: a job whose worker died an hour ago (its started-registry lease expired)
+        and one a live worker is running (lease in the future)."""
+        r = redis.Redis.from_url(self.rs.url(2))
+        r.sadd("rq:queues", "rq:queue:default")
+        for job, lease in (("abandoned-1", -3600), ("running-1", 600)):
+            r.hset(f"rq:job:{job}", mapping={"status": "started", "origin": "default",
+                                             "enqueued_at": "2026-11-23T10:00:00.000000Z"})
+            r.zadd("rq:wip:default", {job: time.time() + lease})
 
     def seed(self) -> list[Incident]:
         self.seed_cape()
@@ -157,7 +172,8 @@ class Demo:
         self.seed_harbor()
         self.seed_scanner()
         self.seed_celery()
-        r0, r1 = redis.Redis.from_url(self.rs.url(0)), redis.Redis.from_url(self.rs.url(1))
+        self.seed_rq()
+        r0, r1, r2 = (redis.Redis.from_url(self.rs.url(db)) for db in (0, 1, 2))
         return [
             Incident("S1 CAPE pending pile-up", "cape", "pending_too_long", lambda: self.sql(
                 "cape", "select count(*) from tasks where status = 'pending' and target = 'stuck.exe'") == "0"),
@@ -171,8 +187,10 @@ class Demo:
                                                                              0, -1))),
             Incident("S5 scanner zombie engine", "scanner", "process_gone", lambda: self.sql(
                 "scanner", "select state from scan_tasks where target = 'https://zombie.example'") == "Terminated"),
-            Incident("Celery messages held by a dead worker", "jobs", "unacked_too_long",
-                     lambda: r1.hlen("unacked") == 0 and r1.llen("celery") == 22),
+            Incident("Celery messages held by a dead worker", "celery", "unacked_too_long",
+                     lambda: not r1.hexists("unacked", "dead-1") and r1.llen("celery") == 22),
+            Incident("RQ job abandoned by a dead worker", "rq", "abandoned",
+                     lambda: r2.zscore("rq:failed:default", "abandoned-1") is not None),
         ]
 
     def untouched(self) -> list[str]:
@@ -188,6 +206,10 @@ class Demo:
             == "processing",
             "Harbor running garbage collection": self.sql("harbor", "select status from execution where id = 2")
             == "Running" and redis.Redis.from_url(self.rs.url(0)).llen(HARBOR_NS + "jobs:GARBAGE_COLLECTION") == 1,
+            "Celery message in flight on a live worker": redis.Redis.from_url(self.rs.url(1)).hexists(
+                "unacked", "live-1"),
+            "RQ job running on a live worker": redis.Redis.from_url(self.rs.url(2)).zscore(
+                "rq:wip:default", "running-1") is not None,
             "scanner engine still scanning": self.sql(
                 "scanner", "select state from scan_tasks where target = 'https://slow.example'") == "Running",
         }
@@ -225,12 +247,14 @@ systems:
     profile: scanner
     database: {dsn("scanner")}
     interval: 1s
-  jobs:
+  celery:
     profile: celery
     redis: {self.rs.url(1)}
     interval: 1s
-    queues:
-      visibility_timeout: 1m
+  rq:
+    profile: rq
+    redis: {self.rs.url(2)}
+    interval: 1s
 disks:
   - path: {storage}
     interval: 1s
@@ -461,7 +485,10 @@ def main(argv: list[str] | None = None) -> int:
             healed = watch(demo, incidents, timeline, time.monotonic() + (args.timeout if args.once else 3600))
             touched = demo.untouched()
             if args.once and healed:
-                empty = empty_panels(demo.url("prometheus"))
+                # rate() and increase() need two scrapes of a series born moments ago
+                give_up = time.monotonic() + 20
+                while (empty := empty_panels(demo.url("prometheus"))) and time.monotonic() < give_up:
+                    time.sleep(1)
                 for panel in empty:
                     timeline.say(f"dashboard panel without data: {panel}", RED)
                 if not empty:
