@@ -58,3 +58,147 @@ async def test_timesketch_playbook_fails_orphaned_timelines_only(site: Site, pg:
                              "order by parent_id, id desc")
     assert current.splitlines() == ["1|fail", "2|processing"]
     assert "import abandoned" in timesketch.sql("select description from timeline where id = 1")
+
+
+async def test_harbor_playbook_settles_dangling_execution_and_only_its_redis_entries(
+        site: Site, pg: PostgresServer) -> None:
+    import json
+
+    import redis
+
+    setup, _ = shipped(site, pg)
+    harbor = site.cape  # the `harbor` system points at this database in shipped()
+    harbor.load("harbor.sql")
+    harbor.sql("""insert into execution (id, vendor_type, status, trigger, start_time) values
+                    (1, 'EXECUTION_SWEEP', 'Running', 'SCHEDULE', now() - interval '3 days'),
+                    (2, 'GARBAGE_COLLECTION', 'Running', 'MANUAL', now() - interval '10 minutes');
+                  insert into task (execution_id, job_id, status, status_code, vendor_type, start_time) values
+                    (1, 'lost-1', 'Running', 2, 'EXECUTION_SWEEP', now() - interval '3 days'),
+                    (2, 'gc-1', 'Running', 2, 'GARBAGE_COLLECTION', now() - interval '10 minutes')""")
+    r = redis.Redis.from_url(site.redis_url)
+    ns = "{harbor_job_service_namespace}:"
+    r.lpush(ns + "jobs:EXECUTION_SWEEP", json.dumps({"id": "lost-1", "t": 1}), json.dumps({"id": "next-1", "t": 2}))
+    r.lpush(ns + "jobs:GARBAGE_COLLECTION", json.dumps({"id": "gc-1", "t": 3}))
+    r.hset(ns + "job_stats:lost-1", "status", "Running")
+    r.hset(ns + "job_stats:gc-1", "status", "Running")
+    r.hset(ns + "job_track:inprogress", mapping={"lost-1": "x", "gc-1": "y"})
+    r.set("unrelated", "kept")
+    labels = {"system": "harbor", "reason": "running_too_long"}
+    report = await execute(setup, labels, playbook="harbor-settle-dangling-executions")
+    assert report.outcome == "succeeded", report.error
+    assert harbor.sql("select id, status from execution order by id").splitlines() == ["1|Error", "2|Running"]
+    assert harbor.sql("select job_id, status, status_code from task order by id").splitlines() == \
+        ["lost-1|Error|3", "gc-1|Running|2"]
+    assert [json.loads(j)["id"] for j in r.lrange(ns + "jobs:EXECUTION_SWEEP", 0, -1)] == ["next-1"]
+    assert r.llen(ns + "jobs:GARBAGE_COLLECTION") == 1
+    assert not r.exists(ns + "job_stats:lost-1") and r.exists(ns + "job_stats:gc-1")
+    assert r.hkeys(ns + "job_track:inprogress") == [b"gc-1"]
+    assert r.get("unrelated") == b"kept"
+
+
+async def test_scanner_playbook_terminates_only_tasks_whose_engine_is_gone(site: Site, pg: PostgresServer) -> None:
+    import subprocess
+    import sys
+
+    setup, _ = shipped(site, pg)
+    scanner = site.cape
+    scanner.load("scanner.sql")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        scanner.sql(f"""insert into scan_tasks (target, state, engine_pid, started_at) values
+                          ('zombie', 'Running', {dead.pid}, now() - interval '1 hour'),
+                          ('alive', 'Running', {alive.pid}, now() - interval '1 hour'),
+                          ('young', 'Running', {dead.pid}, now())""")
+        report = await execute(setup, {"system": "scanner", "reason": "process_gone"},
+                               playbook="scanner-terminate-zombies")
+        assert report.outcome == "succeeded", report.error
+        assert [s.rows for s in report.steps] == [2, 1, 1]
+        assert scanner.sql("select target, state from scan_tasks order by id").splitlines() == \
+            ["zombie|Terminated", "alive|Running", "young|Running"]
+        assert alive.poll() is None  # nothing was killed
+    finally:
+        alive.kill()
+
+
+async def test_celery_playbook_requeues_only_messages_past_the_visibility_timeout(
+        site: Site, pg: PostgresServer) -> None:
+    import json
+    import time
+
+    import redis
+
+    setup, _ = shipped(site, pg)
+    r = redis.Redis.from_url(site.redis_url)
+    for tag, age in (("dead", 7200), ("live", 60)):
+        message = {"body": "", "headers": {"id": tag}, "properties": {"delivery_tag": tag, "delivery_info": {}}}
+        r.hset("unacked", tag, json.dumps([message, "", "celery"]))
+        r.zadd("unacked_index", {tag: time.time() - age})
+    report = await execute(setup, {"system": "celery", "reason": "unacked_too_long"},
+                           playbook="celery-requeue-stale-unacked")
+    assert report.outcome == "succeeded", report.error
+    assert r.hkeys("unacked") == [b"live"] and r.zrange("unacked_index", 0, -1) == [b"live"]
+    (requeued,) = r.lrange("celery", 0, -1)
+    body = json.loads(requeued)
+    assert body["headers"] == {"id": "dead", "redelivered": True}
+
+
+async def test_rq_playbook_moves_only_expired_started_jobs_to_failed(site: Site, pg: PostgresServer) -> None:
+    import time
+
+    import redis
+
+    setup, _ = shipped(site, pg)
+    r = redis.Redis.from_url(site.redis_url)
+    r.sadd("rq:queues", "rq:queue:default")
+    r.zadd("rq:wip:default", {"gone-1:exec-1": time.time() - 60, "busy-1": time.time() + 600})
+    r.hset("rq:job:gone-1", "status", "started")
+    report = await execute(setup, {"system": "rq", "reason": "abandoned"}, playbook="rq-fail-abandoned-jobs")
+    assert report.outcome == "succeeded", report.error
+    assert r.zrange("rq:wip:default", 0, -1) == [b"busy-1"]
+    assert r.zscore("rq:failed:default", "gone-1") is not None
+    assert r.hget("rq:job:gone-1", "status") == b"failed"
+
+
+async def test_sysreptor_playbook_quarantines_only_the_truncated_backup(site: Site, pg: PostgresServer) -> None:
+    import os
+    import time
+    import zipfile
+
+    root = site.tmp / "backups"
+    root.mkdir()
+    for name in ("good.zip", "broken.zip", "writing.zip"):
+        with zipfile.ZipFile(root / name, "w") as z:
+            z.writestr("backup.jsonl", "x" * 50_000)
+    with open(root / "broken.zip", "r+b") as f:
+        f.truncate((root / "broken.zip").stat().st_size - 100)
+    with open(root / "writing.zip", "r+b") as f:
+        f.truncate(100)
+    for name in ("good.zip", "broken.zip"):
+        os.utime(root / name, (time.time() - 3600, time.time() - 3600))
+    text = (SHIPPED / "sysreptor-quarantine-broken-backup.yml").read_text()
+    text = text.replace("/srv/backups", str(root)).replace("dry_run: true", "dry_run: false").replace(
+        '"/usr/local/bin/sysreptor-backup"', '"/bin/touch"').replace(f'"{root}"]', f'"{root}/new.zip"]')
+    setup = load_setup(str(site.write(text)))
+    report = await execute(setup, {"alertname": "TaskmedicBackupInvalid", "backup": "sysreptor"})
+    assert report.outcome == "succeeded", report.error
+    assert sorted(p.name for p in root.iterdir() if p.is_file()) == ["good.zip", "new.zip", "writing.zip"]
+    assert [p.name.split(".zip")[0] for p in (root / "quarantine").iterdir()] == ["broken"]
+
+
+async def test_cape_free_disk_dry_run_lists_only_finished_tasks_analyses(site: Site, pg: PostgresServer) -> None:
+    seed_cape(site.cape, stale=0, fresh=1, reported=3)
+    site.cape.sql("update tasks set completed_on = localtimestamp - interval '30 days' where status = 'reported'")
+    analyses = site.tmp / "storage" / "analyses"
+    for task_id in site.cape.sql("select id from tasks order by id").splitlines():
+        (analyses / task_id).mkdir(parents=True)
+        (analyses / task_id / "report.json").write_text("{}")
+    text = (SHIPPED / "cape-free-disk.yml").read_text().replace("/opt/CAPEv2/storage/analyses", str(analyses))
+    text = text.replace("free_ratio: 0.25", "free_ratio: 0.999")  # this test's disk is never that empty
+    setup = load_setup(str(site.write(text)))
+    report = await execute(setup, {"alertname": "TaskmedicDiskSpaceLow", "path": "/opt/CAPEv2/storage"})
+    assert report.outcome == "dry_run", report.error
+    finished = site.cape.sql("select id from tasks where status = 'reported' order by id").splitlines()
+    assert sorted(report.steps[1].detail["entries"]) == sorted(finished)
+    assert len(list(analyses.iterdir())) == 4  # a dry run removes nothing
