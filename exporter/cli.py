@@ -6,19 +6,15 @@ import argparse
 import asyncio
 import sys
 
-from exporter import __version__, commandline
+from exporter import commandline
 from exporter.config import ConfigError, ExporterConfig, load
 from exporter.preflight import preflight
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="taskmedic-exporter",
-                                description="Prometheus exporter for stuck tasks, queues, disks and backups.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commandline.add_common(p, default_config="")
-    p.add_argument("--listen", type=commandline.parse_listen, default=None, metavar="HOST:PORT",
-                   help="address to serve /metrics on (default 0.0.0.0:9863)")
-    sub = p.add_subparsers(dest="command", metavar="{check}")
+    p, sub = commandline.base_parser("taskmedic-exporter",
+                                     "Prometheus exporter for stuck tasks, queues, disks and backups.",
+                                     "address to serve /metrics on (default 0.0.0.0:9863)", "{check}")
     check = sub.add_parser("check", help="validate the config (and with --connect, reach every source)")
     commandline.add_common(check)
     check.add_argument("--connect", action="store_true",

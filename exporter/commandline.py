@@ -24,6 +24,18 @@ def add_common(parser: argparse.ArgumentParser, default_config: str | None = Non
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
 
+def base_parser(prog: str, description: str, listen_help: str, commands: str) -> tuple[
+        argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
+    """The flags every taskmedic command has, and a place for its subcommands."""
+    from exporter import __version__
+
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_common(p, default_config="")
+    p.add_argument("--listen", type=parse_listen, default=None, metavar="HOST:PORT", help=listen_help)
+    return p, p.add_subparsers(dest="command", metavar=commands)
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:

@@ -7,19 +7,16 @@ import asyncio
 import json
 import sys
 
-from exporter import __version__, commandline
+from exporter import commandline
 from exporter.config import ConfigError
 from remediator.config import Setup, load_setup
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="taskmedic-remediator",
-                                description="Runs playbooks for Alertmanager alerts, exactly once, with guards.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commandline.add_common(p, default_config="")
-    p.add_argument("--listen", type=commandline.parse_listen, default=None, metavar="HOST:PORT",
-                   help="address for the webhook, /runs and /metrics (default 0.0.0.0:9864)")
-    sub = p.add_subparsers(dest="command", metavar="{check,simulate}")
+    p, sub = commandline.base_parser("taskmedic-remediator",
+                                     "Runs playbooks for Alertmanager alerts, exactly once, with guards.",
+                                     "address for the webhook, /runs and /metrics (default 0.0.0.0:9864)",
+                                     "{check,simulate}")
     check = sub.add_parser("check", help="validate the config and every playbook")
     commandline.add_common(check)
     simulate = sub.add_parser("simulate", help="show what each alert would do: dry runs against the real "

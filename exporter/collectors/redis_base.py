@@ -7,27 +7,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from exporter.collectors.base import SystemCollector
 from exporter.config.model import QueueSource, System
-from exporter.connections import Connections
 
 
 @dataclass
-class RedisQueueCollector:
-    system_name: str
-    system: System
-    connections: Connections
-
+class RedisQueueCollector(SystemCollector):
     @property
     def name(self) -> str:
         return f"queues:{self.system_name}"
-
-    @property
-    def interval(self) -> float:
-        return self.system.interval
-
-    @property
-    def timeout(self) -> float:
-        return self.system.timeout
 
     @property
     def source(self) -> QueueSource:

@@ -17,7 +17,8 @@ from typing import Any
 
 import psutil
 
-from exporter.config.model import ExporterConfig, StuckRule, System, TaskTable
+from exporter.collectors.base import SystemCollector
+from exporter.config.model import ExporterConfig, StuckRule, TaskTable
 from exporter.connections import Connections
 from exporter.metrics import Sample, sample
 
@@ -114,11 +115,8 @@ def process_gone(pid_text: str, pattern: re.Pattern[str] | None) -> bool:
 
 
 @dataclass
-class TaskCollector:
-    system_name: str
-    system: System
-    tasks: TaskTable
-    connections: Connections
+class TaskCollector(SystemCollector):
+    tasks: TaskTable = field(kw_only=True)
     _live: LiveQuery = field(init=False)
     _terminal_sql: str = field(init=False)
     _terminal: dict[str, int] = field(default_factory=dict)
@@ -134,14 +132,6 @@ class TaskCollector:
     @property
     def name(self) -> str:
         return f"tasks:{self.system_name}"
-
-    @property
-    def interval(self) -> float:
-        return self.system.interval
-
-    @property
-    def timeout(self) -> float:
-        return self.system.timeout
 
     async def collect(self) -> list[Sample]:
         assert self.system.database is not None
@@ -193,5 +183,5 @@ class TaskCollector:
 
 
 def build(config: ExporterConfig, connections: Connections) -> list[TaskCollector]:
-    return [TaskCollector(name, s, s.tasks, connections)
+    return [TaskCollector(name, s, connections, tasks=s.tasks)
             for name, s in config.systems.items() if s.tasks is not None]
