@@ -66,7 +66,7 @@ def test_database_outage_drops_only_its_collector_and_recovers(tmp: Path) -> Non
             t0 = time.monotonic()
             eventually(lambda: get(metrics(port), "taskmedic_collector_up", collector="tasks:cape") == 0, 10,
                        "tasks collector down")
-            assert time.monotonic() - t0 < 6  # interval 1s + timeout 2s, with room
+            assert time.monotonic() - t0 < 8  # interval 1s + timeout 2s, with room for a loaded machine
             m = metrics(port)
             assert get(m, "taskmedic_tasks", system="cape") is None  # its series are dropped, not stale
             assert get(m, "taskmedic_collector_up", collector=f"disk:{tmp}") == 1
