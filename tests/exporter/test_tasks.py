@@ -72,12 +72,14 @@ async def test_ages_use_the_database_clock_and_timezone(pg, tmp: Path) -> None: 
     assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long") == 0
 
 
-def seed_timeline(db: Database, statuses: list[tuple[str, str]]) -> None:
-    """One timeline whose status history is `statuses` [(status, age), ...], oldest first."""
+def seed_timeline(db: Database, statuses: list[tuple[str, str]], detach: bool = True) -> None:
+    """One timeline whose status history is `statuses` [(status, age), ...], oldest first, stored
+    as Timesketch's set_status leaves it: older rows detached (parent_id NULL), the last attached."""
     tid = db.sql("insert into timeline (name, created_at) values ('t', now()) returning id").splitlines()[0]
-    for status, age in statuses:
+    for i, (status, age) in enumerate(statuses):
+        parent = tid if i == len(statuses) - 1 or not detach else "null"
         db.sql(f"insert into timeline_status (status, parent_id, created_at) "
-               f"values ('{status}', {tid}, now() - interval '{age}')")
+               f"values ('{status}', {parent}, now() - interval '{age}')")
 
 
 async def test_timesketch_processing_timeline_is_judged_by_its_latest_status(db: Database, tmp: Path) -> None:
@@ -85,10 +87,12 @@ async def test_timesketch_processing_timeline_is_judged_by_its_latest_status(db:
     seed_timeline(db, [("new", "5 hours"), ("processing", "4 hours")])  # orphaned by a dead worker
     seed_timeline(db, [("new", "5 hours"), ("processing", "4 hours"), ("ready", "3 hours")])  # finished
     seed_timeline(db, [("processing", "20 minutes")])  # importing a large file, healthy
+    # written by an older Timesketch that left its history attached: the newest row counts
+    seed_timeline(db, [("processing", "6 hours"), ("ready", "5 hours")], detach=False)
     r = (await collect(tmp, f"systems:\n  ts:\n    profile: timesketch\n    database: {db.dsn}\n"))["tasks:ts"]
     assert r.up, r.error
     assert value(r, "taskmedic_tasks", status="processing") == 2
-    assert value(r, "taskmedic_tasks", status="ready") == 1
+    assert value(r, "taskmedic_tasks", status="ready") == 2
     assert value(r, "taskmedic_stuck_tasks", reason="running_too_long", status="processing") == 1
 
 

@@ -51,12 +51,14 @@ async def test_timesketch_playbook_fails_orphaned_timelines_only(site: Site, pg:
                         ('processing', 2, now() - interval '10 minutes')""")
     labels = {"system": "timesketch", "reason": "running_too_long"}
     preview = await execute(setup, labels, dry_run=True, playbook="timesketch-fail-orphaned-timelines")
-    assert (preview.outcome, [s.rows for s in preview.steps]) == ("dry_run", [1, 1])
+    # found 1, described 1, detached its 2 attached rows, attached 1 fail row
+    assert (preview.outcome, [s.rows for s in preview.steps]) == ("dry_run", [1, 1, 2, 1])
     report = await execute(setup, labels, playbook="timesketch-fail-orphaned-timelines")
     assert report.outcome == "succeeded", report.error
-    current = timesketch.sql("select distinct on (parent_id) parent_id, status from timeline_status "
-                             "order by parent_id, id desc")
-    assert current.splitlines() == ["1|fail", "2|processing"]
+    # as Timesketch reads it: the rows still attached to each timeline
+    attached = timesketch.sql("select parent_id, status from timeline_status where parent_id is not null "
+                              "order by parent_id")
+    assert attached.splitlines() == ["1|fail", "2|processing"]
     assert "import abandoned" in timesketch.sql("select description from timeline where id = 1")
 
 
