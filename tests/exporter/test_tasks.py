@@ -72,6 +72,19 @@ async def test_ages_use_the_database_clock_and_timezone(pg, tmp: Path) -> None: 
     assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long") == 0
 
 
+async def test_cape_writing_utc_into_a_berlin_database_needs_the_system_timezone(pg, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    name = pg.create_database()
+    pg.psql(f"alter database \"{name}\" set timezone to 'Europe/Berlin'", db=name)
+    db = Database(pg, name)
+    db.load("cape.sql")
+    # CAPE with cuckoo.conf's default timezone writes naive UTC
+    seed_cape(db, 3, "pending", "(now() at time zone 'UTC') - interval '5 minutes'")
+    r = (await collect(tmp, cape_config(db, "    timezone: UTC\n")))["tasks:cape"]
+    assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long") == 0
+    age = value(r, "taskmedic_task_oldest_age_seconds", status="pending")
+    assert age is not None and 290 < age < 360, age
+
+
 def seed_timeline(db: Database, statuses: list[tuple[str, str]], detach: bool = True) -> None:
     """One timeline whose status history is `statuses` [(status, age), ...], oldest first, stored
     as Timesketch's set_status leaves it: older rows detached (parent_id NULL), the last attached."""
