@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import glob
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exporter.archive import check_file
+from exporter.collectors.base import BlockingCalls
 from exporter.config.model import Backup, ExporterConfig
 from exporter.connections import Connections
 from exporter.metrics import Sample, sample
@@ -56,6 +56,7 @@ def inspect(backup: Backup, now: float) -> BackupState:
 class BackupCollector:
     label: str
     backup: Backup
+    _blocking: BlockingCalls = field(default_factory=BlockingCalls, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -70,7 +71,7 @@ class BackupCollector:
         return self.backup.timeout
 
     async def collect(self) -> list[Sample]:
-        state = await asyncio.to_thread(inspect, self.backup, time.time())
+        state = await self._blocking.run(inspect, self.backup, time.time())
         b = self.label
         return [
             sample("taskmedic_backup_files", state.files, backup=b),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from exporter.config.model import ExporterConfig, System
 from exporter.connections import Connections
@@ -26,6 +30,43 @@ class Collector(Protocol):
     async def collect(self) -> list[Sample]:
         """Read the source once. Raise on failure; the runtime times, catches and reports it."""
         ...
+
+
+T = TypeVar("T")
+
+
+class BlockingCalls:
+    """A collector's blocking work (statvfs on a hung NFS mount, reading backup files, psutil) in
+    a daemon thread, one call at a time. A call that hangs outlives the collector's timeout, but
+    the next run fails at once instead of starting another thread behind it: threads never pile
+    up, and a hung one never holds up shutdown."""
+
+    def __init__(self) -> None:
+        self._pending: asyncio.Future[Any] | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pending is not None and not self._pending.done():
+            raise TimeoutError("the previous run is still blocked")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(outcome: Callable[[], None]) -> None:
+            if not future.done():
+                outcome()
+
+        def work() -> None:
+            try:
+                result = fn(*args)
+            except BaseException as e:  # handed to the awaiting coroutine
+                report: Callable[[], None] = partial(future.set_exception, e)
+            else:
+                report = partial(future.set_result, result)
+            with contextlib.suppress(RuntimeError):  # the loop closed while we were blocked
+                loop.call_soon_threadsafe(settle, report)
+
+        threading.Thread(target=work, name="taskmedic-blocking", daemon=True).start()
+        self._pending = future
+        return await asyncio.shield(future)  # a timeout cancels the wait, not the bookkeeping
 
 
 @dataclass

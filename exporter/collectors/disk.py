@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from exporter.collectors.base import BlockingCalls
 from exporter.config.model import Disk, ExporterConfig
 from exporter.connections import Connections
 from exporter.metrics import Sample, sample
@@ -14,6 +14,7 @@ from exporter.metrics import Sample, sample
 @dataclass
 class DiskCollector:
     disk: Disk
+    _blocking: BlockingCalls = field(default_factory=BlockingCalls, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -29,7 +30,7 @@ class DiskCollector:
 
     async def collect(self) -> list[Sample]:
         # statvfs can block on a hung network filesystem: keep it off the event loop.
-        st = await asyncio.to_thread(os.statvfs, self.disk.path)
+        st = await self._blocking.run(os.statvfs, self.disk.path)
         path = self.disk.path
         size = st.f_blocks * st.f_frsize
         free = st.f_bavail * st.f_frsize

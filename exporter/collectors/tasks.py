@@ -9,7 +9,6 @@ them here: PIDs with psutil, workers against the live set in Redis.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from exporter.collectors.base import SystemCollector
+from exporter.collectors.base import BlockingCalls, SystemCollector
 from exporter.config.model import ExporterConfig, StuckRule, TaskTable
 from exporter.connections import Connections
 from exporter.metrics import Sample, sample
@@ -122,6 +121,7 @@ class TaskCollector(SystemCollector):
     _terminal: dict[str, int] = field(default_factory=dict)
     _terminal_at: float = float("-inf")
     _patterns: dict[str, re.Pattern[str] | None] = field(default_factory=dict)
+    _blocking: BlockingCalls = field(default_factory=BlockingCalls, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._live = build_live_query(self.tasks)
@@ -173,7 +173,7 @@ class TaskCollector(SystemCollector):
             return 0
         if rule.kind == "pid":
             pattern = self._patterns[reason]
-            gone = await asyncio.to_thread(lambda: [process_gone(p, pattern) for p in candidates])
+            gone = await self._blocking.run(lambda: [process_gone(p, pattern) for p in candidates])
             return sum(gone)
         assert rule.live_workers is not None and self.system.redis is not None
         live = await self.connections.redis(self.system.redis).smembers(rule.live_workers.redis_set)
