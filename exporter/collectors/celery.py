@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exporter.collectors.redis_base import RedisQueueCollector, redis_now, systems_of_type
 from exporter.config.model import ExporterConfig
@@ -23,6 +23,8 @@ def priority_queue(queue: bytes, step: int) -> bytes:
 
 @dataclass
 class CeleryQueueCollector(RedisQueueCollector):
+    # delivery tag → queue: a tag's message never changes, so each body is read and parsed once
+    _queue_of_tag: dict[bytes, bytes] = field(default_factory=dict, init=False, repr=False)
     async def _discover(self) -> tuple[set[bytes], dict[bytes, bytes]]:
         """Queue names and routing key → queue, from kombu's `_kombu.binding.<exchange>` sets.
 
@@ -62,18 +64,15 @@ class CeleryQueueCollector(RedisQueueCollector):
 
         unacked: Counter[bytes] = Counter()
         stale: Counter[bytes] = Counter()
-        oldest: dict[bytes, float] = {}
-        if in_flight:
-            payloads = await self.client.hmget(UNACKED, [tag for tag, _ in in_flight])
-            for (_, delivered), payload in zip(in_flight, payloads, strict=True):
-                if payload is None:
-                    continue  # acked between the two reads
-                queue = self._queue_of(payload, routes)
-                age = max(now - delivered, 0.0)
-                unacked[queue] += 1
-                oldest[queue] = max(oldest.get(queue, 0.0), age)
-                if age > src.visibility_timeout:
-                    stale[queue] += 1
+        await self._learn_queues([tag for tag, _ in in_flight], routes)
+        for tag, delivered in in_flight:
+            queue = self._queue_of_tag.get(tag)
+            if queue is None:
+                continue  # acked between the two reads
+            age = max(now - delivered, 0.0)
+            unacked[queue] += 1
+            if age > src.visibility_timeout:
+                stale[queue] += 1
         system = self.system_name
         out: list[Sample] = []
         for q in sorted(set(queues) | set(unacked)):
@@ -85,6 +84,17 @@ class CeleryQueueCollector(RedisQueueCollector):
         out.append(sample("taskmedic_stuck_tasks", sum(stale.values()), system=system, status="unacked",
                           reason="unacked_too_long"))
         return out
+
+    async def _learn_queues(self, tags: list[bytes], routes: dict[bytes, bytes]) -> None:
+        """Read the bodies of tags not seen before; forget tags no longer in flight."""
+        current = set(tags)
+        self._queue_of_tag = {t: q for t, q in self._queue_of_tag.items() if t in current}
+        unknown = [t for t in tags if t not in self._queue_of_tag]
+        if unknown:
+            payloads = await self.client.hmget(UNACKED, unknown)
+            for tag, payload in zip(unknown, payloads, strict=True):
+                if payload is not None:
+                    self._queue_of_tag[tag] = self._queue_of(payload, routes)
 
     @staticmethod
     def _queue_of(payload: bytes | str, routes: dict[bytes, bytes]) -> bytes:

@@ -154,3 +154,32 @@ async def test_plain_lists_discovered_by_pattern_under_a_cap(redis_url: str, tmp
     depths = [s for s in r.samples if s.name == "taskmedic_queue_depth"]
     assert len(depths) == 10
     assert value(r, "taskmedic_queue_depth", queue="absent") in (0, None)
+
+
+async def test_celery_unacked_bodies_are_read_once_per_delivery_tag(redis_url: str, tmp: Path) -> None:
+    from exporter.collectors.celery import CeleryQueueCollector
+    from exporter.config import ExporterConfig, load
+    from exporter.connections import Connections
+
+    client = redis.Redis.from_url(redis_url)
+    client.hset("unacked", "t1", json.dumps([{"body": "x"}, "", "celery"]))
+    client.zadd("unacked_index", {"t1": time.time() - 10})
+    path = tmp / "c.yml"
+    path.write_text(celery_config(redis_url))
+    cfg = load(ExporterConfig, path, environ={})
+    connections = Connections("t")
+    collector = CeleryQueueCollector("jobs", cfg.systems["jobs"], connections)
+    try:
+        await collector.collect()
+        # a body rewritten under the same tag is not read again: tags never change their message
+        client.hset("unacked", "t1", json.dumps([{"body": "x"}, "", "elsewhere"]))
+        samples = await collector.collect()
+        assert [s.labels for s in samples if s.name == "taskmedic_queue_unacked" and s.value] == \
+            [(("system", "jobs"), ("queue", "celery"))]
+        client.hdel("unacked", "t1")
+        client.zrem("unacked_index", "t1")
+        samples = await collector.collect()
+        assert not [s for s in samples if s.name == "taskmedic_queue_unacked" and s.value]
+        assert collector._queue_of_tag == {}
+    finally:
+        await connections.close()
