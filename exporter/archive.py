@@ -45,19 +45,27 @@ def _read_at(f: BinaryIO, offset: int, n: int) -> bytes:
 
 
 def check_zip(f: BinaryIO, size: int) -> Verdict:
+    """Valid when an end-of-central-directory record near the tail points at a central
+    directory that is there. Candidates are tried from the last one back, since a comment (or
+    compressed data) may contain the record's signature; bytes after the comment are tolerated,
+    as zipfile does."""
     if size < _EOCD_MIN:
         return False, "zip: shorter than an end-of-central-directory record"
     tail_len = min(size, _EOCD_MIN + _MAX_COMMENT)
     tail = _read_at(f, size - tail_len, tail_len)
+    verdict: Verdict = (False, "zip: no end-of-central-directory record (truncated or still being written)")
     pos = tail.rfind(_EOCD, 0, len(tail) - _EOCD_MIN + 4)
     while pos != -1:
         comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
-        if pos + _EOCD_MIN + comment_len == len(tail):
-            break
+        if pos + _EOCD_MIN + comment_len <= len(tail):
+            verdict = _central_directory(f, tail, pos, size - tail_len + pos)
+            if verdict[0]:
+                return verdict
         pos = tail.rfind(_EOCD, 0, pos)
-    if pos == -1:
-        return False, "zip: no end-of-central-directory record (truncated or still being written)"
-    eocd_at = size - tail_len + pos
+    return verdict
+
+
+def _central_directory(f: BinaryIO, tail: bytes, pos: int, eocd_at: int) -> Verdict:
     _, _, _, _, _, cd_size, cd_offset, _ = struct.unpack_from("<4sHHHHIIH", tail, pos)
     if cd_offset == 0xFFFFFFFF or cd_size == 0xFFFFFFFF:
         if eocd_at < 20:
@@ -86,29 +94,45 @@ def check_tar(f: BinaryIO, size: int) -> Verdict:
     return True, "tar: end-of-archive present"
 
 
+class _GzipMembers:
+    """Feeds a gzip file through zlib member by member (gzip allows several concatenated
+    members); zero bytes after the last member are padding, as gzip(1) treats them."""
+
+    def __init__(self) -> None:
+        self.member = zlib.decompressobj(wbits=31)
+        self.padding = False
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            if self.padding:
+                if data.strip(b"\0"):
+                    raise zlib.error("data after the zero padding that ends the stream")
+                return
+            self.member.decompress(data, 0)
+            while self.member.unconsumed_tail:
+                self.member.decompress(self.member.unconsumed_tail, 0)
+            data = self.member.unused_data if self.member.eof else b""
+            if data:
+                if not data.strip(b"\0"):
+                    self.padding = True
+                    return
+                self.member = zlib.decompressobj(wbits=31)
+
+    @property
+    def complete(self) -> bool:
+        return self.padding or self.member.eof
+
+
 def check_gzip_stream(f: BinaryIO, chunk: int = 1 << 20) -> Verdict:
     """Decompress the whole stream in constant memory; only run once per file version."""
     f.seek(0)
-    decomp = zlib.decompressobj(wbits=47)  # gzip header, auto-detected
-    while True:
-        data = f.read(chunk)
-        if not data:
-            break
+    members = _GzipMembers()
+    while data := f.read(chunk):
         try:
-            decomp.decompress(data, 0)
-            while decomp.unconsumed_tail:
-                decomp.decompress(decomp.unconsumed_tail, 0)
+            members.feed(data)
         except zlib.error as e:
             return False, f"gzip: corrupt stream ({e})"
-        if decomp.eof and decomp.unused_data:
-            # concatenated members: start a new decompressor on the rest
-            rest = decomp.unused_data
-            decomp = zlib.decompressobj(wbits=47)
-            try:
-                decomp.decompress(rest, 0)
-            except zlib.error as e:
-                return False, f"gzip: corrupt stream ({e})"
-    if not decomp.eof:
+    if not members.complete:
         return False, "gzip: stream ends before its trailer (truncated)"
     return True, "gzip: stream and trailer complete"
 
@@ -123,7 +147,6 @@ def check_pgdump(f: BinaryIO, size: int) -> Verdict:
     return True, f"pg_dump: custom format {major}.{minor} header"
 
 
-# path → ((size, mtime), verdict): a gzip stream is decompressed once per version of a file.
 _BY_NAME: dict[str, Kind] = {".zip": "zip", ".gz": "gzip", ".tgz": "gzip", ".tar": "tar", ".dump": "pgdump",
                              ".pgdump": "pgdump"}
 
@@ -133,7 +156,9 @@ def expected_kind(path: str) -> Kind:
     return _BY_NAME.get(os.path.splitext(path)[1].lower(), "unknown")
 
 
+# path → ((size, mtime), verdict): a gzip stream is decompressed once per version of a file.
 _gzip_cache: dict[str, tuple[tuple[int, float], Verdict]] = {}
+_GZIP_CACHE_SIZE = 256
 
 
 def check_file(path: str) -> Verdict:
@@ -155,7 +180,10 @@ def check_file(path: str) -> Verdict:
             cached = _gzip_cache.get(path)
             if cached is None or cached[0] != version:
                 cached = (version, check_gzip_stream(f))
+                _gzip_cache.pop(path, None)
                 _gzip_cache[path] = cached
+                while len(_gzip_cache) > _GZIP_CACHE_SIZE:  # forget the least recently checked
+                    del _gzip_cache[next(iter(_gzip_cache))]
             return cached[1]
     if st.st_size == 0:
         return False, "empty file"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -26,13 +27,24 @@ class BackupState:
     last_valid_mtime: float
 
 
+def _files(backup: Backup) -> list[tuple[os.stat_result, str]]:
+    """Regular files matching the pattern (no symlinks); one deleted while listing is skipped."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(backup.path), backup.pattern)):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.append((st, path))
+    return found
+
+
 def inspect(backup: Backup, now: float) -> BackupState:
     """Blocking filesystem work; runs in a thread."""
     if not os.path.isdir(backup.path):
         raise FileNotFoundError(f"backup directory {backup.path} does not exist")
-    paths = [p for p in glob.glob(os.path.join(glob.escape(backup.path), backup.pattern))
-             if os.path.isfile(p) and not os.path.islink(p)]
-    stats = sorted(((os.stat(p), p) for p in paths), key=lambda sp: sp[0].st_mtime, reverse=True)
+    stats = sorted(_files(backup), key=lambda sp: sp[0].st_mtime, reverse=True)
     if not stats:
         return BackupState(0, 0, 0, 0.0, False, False, "no backup files", 0.0)
     newest = stats[0][0]
@@ -41,7 +53,10 @@ def inspect(backup: Backup, now: float) -> BackupState:
     finished = [(st, p) for st, p in stats if now - st.st_mtime >= backup.in_progress]
     valid, reason, last_valid = False, "no finished backup yet", 0.0
     for i, (st, p) in enumerate(finished):
-        ok, why = check_file(p)
+        try:
+            ok, why = check_file(p)
+        except FileNotFoundError:
+            continue  # rotated or quarantined while we looked
         if i == 0:
             valid, reason = ok, why
         if ok:

@@ -136,3 +136,32 @@ async def test_disk_ratios_match_statvfs(tmp: Path) -> None:
     assert value(r, "taskmedic_disk_size_bytes") == st.f_blocks * st.f_frsize
     inodes = value(r, "taskmedic_disk_inodes_free_ratio")
     assert inodes is not None and 0 <= inodes <= 1
+
+
+def test_gzip_members_padding_and_a_truncated_last_member(tmp: Path) -> None:
+    raw = os.urandom(200_000)
+    multi = tmp / "multi.gz"
+    multi.write_bytes(gzip.compress(raw) + gzip.compress(raw) + gzip.compress(raw))
+    assert check_file(str(multi))[0]
+    cut = tmp / "multi-cut.gz"
+    cut.write_bytes(gzip.compress(raw) + gzip.compress(raw) + gzip.compress(raw)[:-4000])
+    assert not check_file(str(cut))[0]
+    padded = tmp / "padded.gz"  # tape-style zero padding, which gzip(1) accepts
+    padded.write_bytes(gzip.compress(raw) + b"\0" * 4096)
+    assert check_file(str(padded))[0]
+    garbage = tmp / "garbage.gz"
+    garbage.write_bytes(gzip.compress(raw) + b"\0" * 10 + b"junk")
+    assert not check_file(str(garbage))[0]
+
+
+def test_zip_with_bytes_after_the_end_record_and_a_signature_in_its_comment(tmp: Path) -> None:
+    p = make_zip(tmp / "trailing.zip")
+    with open(p, "ab") as f:
+        f.write(b"\0" * 100)  # some tools pad archives; zipfile reads them
+    assert zipfile.ZipFile(p).testzip() is None
+    assert check_file(str(p))[0]
+    q = tmp / "sig-in-comment.zip"
+    with zipfile.ZipFile(q, "w") as z:
+        z.writestr("a", "b")
+        z.comment = b"PK\x05\x06" + b"\xff" * 18  # a fake record whose pointers are nonsense
+    assert check_file(str(q))[0]
