@@ -176,9 +176,16 @@ class TaskCollector(SystemCollector):
             gone = await self._blocking.run(lambda: [process_gone(p, pattern) for p in candidates])
             return sum(gone)
         assert rule.live_workers is not None and self.system.redis is not None
-        live = await self.connections.redis(self.system.redis).smembers(rule.live_workers.redis_set)
-        prefix = rule.live_workers.member_prefix
-        names = {(m.decode(errors="replace") if isinstance(m, bytes) else m).removeprefix(prefix) for m in live}
+        client, workers = self.connections.redis(self.system.redis), rule.live_workers
+        if workers.key_prefix is not None:
+            async with client.pipeline(transaction=False) as pipe:
+                for worker in candidates:
+                    pipe.exists(workers.key_prefix + worker)
+                return sum(1 for alive in await pipe.execute() if not alive)
+        assert workers.redis_set is not None
+        members = await client.smembers(workers.redis_set)
+        names = {(m.decode(errors="replace") if isinstance(m, bytes) else m).removeprefix(workers.member_prefix)
+                 for m in members}
         return sum(1 for w in candidates if w not in names)
 
 

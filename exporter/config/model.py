@@ -109,10 +109,19 @@ class Model(BaseModel):
 
 
 class LiveWorkers(Model):
-    """Where the live workers are listed: a Redis set of names (RQ's `rq:workers`)."""
+    """How to tell a worker is alive, from Redis: its own key exists (`key_prefix` + name; RQ's
+    `rq:worker:<name>` expires when the worker stops heartbeating), or it is in a set
+    (`redis_set`, whose members may carry `member_prefix`)."""
 
-    redis_set: str
-    member_prefix: str = ""  # RQ stores `rq:worker:<name>`; the column holds `<name>`
+    key_prefix: str | None = None
+    redis_set: str | None = None
+    member_prefix: str = ""
+
+    @model_validator(mode="after")
+    def _one(self) -> LiveWorkers:
+        if (self.key_prefix is None) == (self.redis_set is None):
+            raise ValueError("set exactly one of key_prefix (a key per live worker) or redis_set")
+        return self
 
 
 class StuckRule(Model):

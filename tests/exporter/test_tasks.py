@@ -177,7 +177,7 @@ CUSTOM = """systems:
           worker: worker
           age: started_at
           min_age: 10s
-          live_workers: {{redis_set: "rq:workers", member_prefix: "rq:worker:"}}
+          live_workers: {live}
 """
 
 
@@ -192,12 +192,20 @@ async def test_custom_system_heartbeat_and_worker_checks(db: Database, redis_url
            "('started', 'w2', now() - interval '1 hour', now()), "                          # worker w2 is gone
            "('started', 'w3', now() - interval '1 second', now()), "                        # too young to judge
            "('done', 'w1', now() - interval '2 days', null)")
-    redis.Redis.from_url(redis_url).sadd("rq:workers", "rq:worker:w1")
-    r = (await collect(tmp, CUSTOM.format(dsn=db.dsn, redis=redis_url)))["tasks:app"]
+    client = redis.Redis.from_url(redis_url)
+    client.sadd("rq:workers", "rq:worker:w1", "rq:worker:w2")  # w2 died: still listed in the set
+    client.hset("rq:worker:w1", "state", "busy")  # RQ's worker key, which expires with the worker
+    by_key = CUSTOM.format(dsn=db.dsn, redis=redis_url, live='{key_prefix: "rq:worker:"}')
+    r = (await collect(tmp, by_key))["tasks:app"]
     assert r.up, r.error
     assert value(r, "taskmedic_stuck_tasks", reason="heartbeat_lost") == 1
     assert value(r, "taskmedic_stuck_tasks", reason="worker_gone") == 1
     assert value(r, "taskmedic_tasks", status="done") == 1
+    # the set still names the dead w2: only its removal from the set would show it gone
+    by_set = CUSTOM.format(dsn=db.dsn, redis=redis_url, live='{redis_set: "rq:workers", member_prefix: "rq:worker:"}')
+    assert value((await collect(tmp, by_set))["tasks:app"], "taskmedic_stuck_tasks", reason="worker_gone") == 0
+    client.srem("rq:workers", "rq:worker:w2")
+    assert value((await collect(tmp, by_set))["tasks:app"], "taskmedic_stuck_tasks", reason="worker_gone") == 1
 
 
 async def test_unreachable_database_reports_down_without_series(tmp: Path) -> None:
