@@ -38,8 +38,6 @@ class Runtime:
         self.collectors = collectors
         self.snapshot = Snapshot.empty([c.name for c in collectors])
         self._tasks: list[asyncio.Task[None]] = []
-        self.first_round = asyncio.Event()
-        self._pending_first = {c.name for c in collectors}
 
     def _record(self, collector: Collector, result: CollectorResult) -> None:
         before = self.snapshot.results.get(collector.name)
@@ -48,9 +46,6 @@ class Runtime:
         elif not result.up and (before is None or before.error != result.error):
             log.warning("collector failed", extra={"collector": collector.name, "error": result.error})
         self.snapshot = self.snapshot.with_result(collector.name, result)
-        self._pending_first.discard(collector.name)
-        if not self._pending_first:
-            self.first_round.set()
 
     async def _loop(self, collector: Collector) -> None:
         while True:
@@ -59,8 +54,6 @@ class Runtime:
             await asyncio.sleep(max(collector.interval - (time.monotonic() - started), 0.0))
 
     def start(self) -> None:
-        if not self.collectors:
-            self.first_round.set()
         self._tasks = [asyncio.create_task(self._loop(c), name=c.name) for c in self.collectors]
 
     async def stop(self) -> None:
