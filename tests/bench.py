@@ -1,13 +1,15 @@
-"""Benchmarks for the exporter (`make bench`); results with the machine's details go to
-docs/benchmarks.md. Not tests: nothing here asserts a time; it measures and reports.
+"""Benchmarks for the exporter, then the remediator (tests/bench_remediator.py) (`make bench`);
+results with the machine's details go to docs/benchmarks.md. Not tests: nothing here asserts a
+time; it measures and reports.
 
-    python -m tests.bench [--rows-large 10000000] [--skip-zip]
+    python -m tests.bench [--rows-large 10000000] [--skip-zip] [--skip-remediator]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import platform
 import shutil
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +27,7 @@ import psutil
 import redis
 
 from exporter.archive import check_file
+from tests import bench_remediator
 from tests.exporter.helpers import collect
 from tests.services import PostgresServer, RedisServer, free_port, running, tempdir, wait_http
 
@@ -82,14 +86,20 @@ def live_only_median(tmp: Path, pg: PostgresServer, db: str, rounds: int = 50) -
     return statistics.median(asyncio.run(run())[5:])
 
 
-async def hammer(url: str, seconds: float, rate: float, scrapers: int = 2) -> list[float]:
+async def hammer(url: str, seconds: float, rate: float, scrapers: int = 2, bodies: Iterable[bytes] | None = None,
+                 headers: Mapping[str, str] | None = None) -> list[float]:
+    """`scrapers` clients sharing one session, each at up to `rate` requests/s for `seconds`: GETs,
+    or POSTs of `bodies` (each sent once, by whichever client is free) until they run out."""
     latencies: list[float] = []
+    requests: Iterator[bytes | None] = iter(bodies) if bodies is not None else itertools.repeat(None)
 
     async def scraper(session: aiohttp.ClientSession) -> None:
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        for body in requests:
+            if time.monotonic() >= end:
+                return
             t0 = time.perf_counter()
-            async with session.get(url) as r:
+            async with session.request("GET" if body is None else "POST", url, data=body, headers=headers) as r:
                 await r.read()
                 assert r.status == 200
             latencies.append(time.perf_counter() - t0)
@@ -265,7 +275,9 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
                      f"{z['peak_kb']:.0f} KB Python memory; `unzip -t` {z['unzip_t_s']:.1f} s | < 10 ms, < 1 MB |")
     lines.append(f"| exporter RSS at rest (CAPE + Celery + disk) | **{results['rss']['at_rest_mb']:.1f} MB**; "
                  f"serving the scrape benchmark {s['taskmedic_rss_mb']:.1f} MB | < 60 MB |")
-    lines += ["", "## How", "",
+    remediator = bench_remediator.report_lines(results["remediator"]) if "remediator" in results else []
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), remediator))
+    lines += [*rows, "", "## How", "",
               "- History: the CAPE profile's live query (one UNION ALL branch per live status, each served by "
               "the status index) timed with asyncpg, median of 45 runs after 5 warm-ups. Terminal statuses are "
               "counted on their own `history_interval` (5 min by default), which is what keeps the per-cycle "
@@ -275,7 +287,8 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
               "snapshot; query-exporter runs its queries on each scrape.",
               "- Redis: the `list` queue collector over 1,000 lists, `run_once` duration (includes connecting).",
               "- Zip: a ZIP64 archive of random data written by Python's zipfile, checked by `exporter.archive`"
-              " (tail read only) with tracemalloc measuring peak allocation, versus `unzip -tqq`.", ""]
+              " (tail read only) with tracemalloc measuring peak allocation, versus `unzip -tqq`.",
+              *remediator[len(rows):], ""]
     return "\n".join(lines)
 
 
@@ -287,12 +300,14 @@ def main() -> None:
     p.add_argument("--scrape-seconds", type=float, default=20)
     p.add_argument("--zip-gb", type=float, default=5)
     p.add_argument("--skip-zip", action="store_true")
+    p.add_argument("--skip-remediator", action="store_true")
+    bench_remediator.add_arguments(p)
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = p.parse_args()
     root = tempdir("taskmedic-bench-")
     tmp = root / "work"
     tmp.mkdir()
-    pg = PostgresServer(root / "pg")
+    pg = PostgresServer(root / "pg", options=bench_remediator.PG_OPTIONS)
     pg.init()
     pg.start()
     rs = RedisServer(root / "redis")
@@ -311,6 +326,10 @@ def main() -> None:
             print("zip ...", flush=True)
             results["zip"] = bench_zip(tmp, args.zip_gb)
             print(results["zip"], flush=True)
+        if not args.skip_remediator:
+            print("remediator ...", flush=True)
+            results["remediator"] = bench_remediator.measure(tmp, pg, args)
+            print(results["remediator"], flush=True)
     finally:
         rs.stop()
         pg.stop("immediate")
