@@ -44,6 +44,9 @@ class BasicAuth(Model):
     def _one(self) -> BasicAuth:
         if (self.password is None) == (self.password_file is None):
             raise ValueError("set exactly one of password or password_file")
+        if self.password is not None and not self.password.get_secret_value().strip():
+            # An empty password would let anyone who knows the username in.
+            raise ValueError("the basic_auth password cannot be empty (is its environment variable set to ''?)")
         return self
 
 

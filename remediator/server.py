@@ -177,7 +177,8 @@ def make_app(setup: Setup, run_worker: bool = True) -> web.Application:
         state = app[STATE]
         connections = Connections("taskmedic-remediator", settings.statement_timeout)
         if not state.credentials.required:
-            log.warning("no webhook auth configured: anyone who can reach POST /alerts can trigger playbooks")
+            log.warning("no webhook auth configured: anyone who can reach POST /alerts can trigger playbooks, "
+                        "and GET /runs (the audit trail: alert labels, rendered parameters, command output) is open")
         if run_worker:
             engine = Engine(setup.config.systems, connections, settings.statement_timeout)
             state.worker = Worker(setup, journal, engine, state.metrics)

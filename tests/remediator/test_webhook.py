@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from exporter.config.loader import ConfigError
 from tests.remediator.kit import (
     FAIL_STALE,
     TOKEN,
@@ -55,6 +57,25 @@ async def test_rotated_tokens_from_a_file_and_basic_auth_are_accepted(site: Site
     assert (await post(client, payload(), {"Authorization": f"Basic {basic}"}))[0] == 200
     assert (await post(client, payload(), {"Authorization": f"Basic {wrong}"}))[0] == 401
     assert (await post(client, payload(), {"Authorization": "Basic !!notbase64"}))[0] == 401
+
+
+def test_an_empty_basic_auth_password_is_refused_like_an_empty_token(site: Site) -> None:
+    for password in ("", "   "):
+        with pytest.raises(ConfigError, match="the basic_auth password cannot be empty"):
+            site.setup(FAIL_STALE, auth={"basic_auth": {"username": "am", "password": password}})
+    (site.tmp / "password").write_text("  \n\n")
+    with pytest.raises(ConfigError, match="password file is empty"):
+        site.setup(FAIL_STALE, auth={"basic_auth": {"username": "am", "password_file": "password"}})
+
+
+async def test_with_no_credentials_the_warning_says_the_audit_trail_is_open_too(
+        site: Site, start: StartApp, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="taskmedic.remediator")
+    client = await start(site.setup(FAIL_STALE, auth={}), run_worker=False)
+    async with client.get("/runs") as r:
+        assert r.status == 200  # protect_runs has no credentials to ask for
+    [warning] = [r.getMessage() for r in caplog.records if "no webhook auth" in r.getMessage()]
+    assert "POST /alerts" in warning and "GET /runs" in warning and "is open" in warning
 
 
 async def test_malformed_bodies_get_a_precise_400_and_nothing_is_journaled(site: Site, start: StartApp) -> None:
