@@ -11,6 +11,15 @@ from exporter.connections import Connections
 from exporter.metrics import Sample, sample
 
 
+def free_space(st: os.statvfs_result) -> tuple[int, int]:
+    """(free, usable) bytes of a filesystem, as `df` counts them: free is what non-root writers
+    such as CAPE can still use (f_bavail, not f_bfree), usable is that plus what is in use (root's
+    reserve left out), so free / usable is the free ratio, `df`'s Use% complement. The remediator's
+    files step stops at the same ratio."""
+    free = st.f_bavail * st.f_frsize
+    return free, free + (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
 @dataclass
 class DiskCollector:
     disk: Disk
@@ -33,9 +42,7 @@ class DiskCollector:
         st = await self._blocking.run(os.statvfs, self.disk.path)
         path = self.disk.path
         size = st.f_blocks * st.f_frsize
-        free = st.f_bavail * st.f_frsize
-        # f_bavail (not f_bfree): what non-root writers such as CAPE can still use.
-        usable = (st.f_bavail + (st.f_blocks - st.f_bfree)) * st.f_frsize
+        free, usable = free_space(st)
         ratio = free / usable if usable else 0.0
         inodes = st.f_files
         inode_ratio = st.f_favail / inodes if inodes else 1.0

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from exporter.archive import check_file
+from exporter.collectors.disk import free_space
 from exporter.config.model import Duration, Model
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType, first_value
 from remediator.templating import Template
@@ -114,8 +115,9 @@ def _candidates(spec: FilesSpec, root: str, ctx: RunContext) -> list[Entry]:
 
 
 def _free(root: str) -> tuple[int, int]:
-    st = os.statvfs(root)
-    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    """(free, usable) bytes: the exporter's taskmedic_disk_free_ratio is free / usable, and the
+    alert that triggers this step is on that ratio, so `free_ratio` means the same thing here."""
+    return free_space(os.statvfs(root))
 
 
 def _act(entry: Entry, spec: FilesSpec) -> None:
@@ -134,21 +136,22 @@ def _apply(spec: FilesSpec, ctx: RunContext) -> StepResult:
     root = os.path.realpath(spec.root)
     if not os.path.isdir(root):
         raise StepFailed(f"root {spec.root!r} is not a directory")
-    free, size = _free(root)
+    free, usable = _free(root)
     handled: list[Entry] = []
     for entry in _candidates(spec, root, ctx):
-        enough_free = spec.free_ratio is not None and size > 0 and free / size >= spec.free_ratio
+        enough_free = spec.free_ratio is not None and usable > 0 and free / usable >= spec.free_ratio
         if enough_free or len(handled) >= spec.max_entries:
             break
         if not ctx.dry_run:
             _act(entry, spec)
         handled.append(entry)
-        # In a dry run the filesystem does not change, so the freed space is estimated from sizes.
+        # In a dry run the filesystem does not change, so the freed space is estimated from sizes
+        # (what is freed moves from used to free: `usable` stays the same).
         free = free + entry.size if ctx.dry_run else _free(root)[0]
     freed = sum(e.size for e in handled)
     detail: dict[str, Any] = {"root": root, "action": spec.action, "bytes": freed,
                               "entries": [os.path.basename(e.path) for e in handled[:50]],
-                              "free_ratio_after": round(free / size, 4) if size else None}
+                              "free_ratio_after": round(free / usable, 4) if usable else None}
     return StepResult(rows=len(handled), detail=detail)
 
 

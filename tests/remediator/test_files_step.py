@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from exporter.collectors.disk import DiskCollector
+from exporter.config.model import Disk
 from tests.remediator.kit import Site, execute, seed_cape
 
 
@@ -44,6 +48,25 @@ async def test_a_free_ratio_already_met_removes_nothing(site: Site) -> None:
     analyses(root, range(1, 4))
     report = await execute(site.setup(book(f"root: {root}, free_ratio: 0.000001")))
     assert (report.outcome, report.steps[0].rows) == ("succeeded", 0)
+    assert len(os.listdir(root)) == 3
+
+
+async def test_free_ratio_is_the_exporters_disk_free_ratio(site: Site) -> None:
+    """The alert fires on taskmedic_disk_free_ratio; the step must stop at the same number
+    (free / (free + used), root's reserve left out), not at f_bavail / f_blocks."""
+    root = site.tmp / "analyses"
+    analyses(root, range(1, 4))
+    [metric] = [s for s in await DiskCollector(Disk(path=str(root))).collect()
+                if s.name == "taskmedic_disk_free_ratio"]
+    st = os.statvfs(root)
+    naive = st.f_bavail / st.f_blocks  # what the step used to compare with
+    preview = await execute(site.setup(book(f"root: {root}, free_ratio: 0.99")), dry_run=True)
+    assert preview.steps[0].detail["free_ratio_after"] == pytest.approx(metric.value, abs=0.002)
+    # Just under the exporter's ratio: the disk already counts as free enough, nothing goes
+    # (with a root reserve, bavail / blocks is lower and would have removed every folder).
+    threshold = round(metric.value - 0.01, 4)
+    report = await execute(site.setup(book(f"root: {root}, free_ratio: {threshold}")))
+    assert (report.outcome, report.steps[0].rows) == ("succeeded", 0), (metric.value, naive)
     assert len(os.listdir(root)) == 3
 
 
