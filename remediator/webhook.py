@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from exporter.config.loader import format_path
 from remediator.matching import AlertInfo
 
 MAX_TEXT = 64 * 1024
@@ -84,15 +85,9 @@ class InvalidPayload(Exception):
         self.problems = problems
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(body)"
-
-
 def problems_of(error: ValidationError, limit: int = 20) -> list[str]:
-    out = [f"{_where(e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)[:limit]]
+    out = [f"{format_path(e['loc']) if e['loc'] else '(body)'}: {e['msg']}"
+           for e in error.errors(include_url=False)[:limit]]
     if error.error_count() > limit:
         out.append(f"... and {error.error_count() - limit} more")
     return out

@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
+from exporter.collectors.redis_base import redis_now
 from exporter.config.model import Duration, Model, Name
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
 from remediator.templating import Template, glob_literal
@@ -175,11 +176,6 @@ def _call(command: str, *args: Any, **kwargs: Any) -> Callable[[Pipeline], Any]:
     return lambda p: getattr(p, command)(*args, **kwargs)
 
 
-async def _server_time(pipe: Pipeline) -> float:
-    seconds, micros = await pipe.time()
-    return int(seconds) + int(micros) / 1e6
-
-
 class RequeueUnacked(Operation):
     """Celery (kombu's Redis transport): give back the messages a dead worker took more than
     `older_than` ago, the way kombu's own restore does: the message (marked redelivered) goes
@@ -189,7 +185,7 @@ class RequeueUnacked(Operation):
 
     async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
         await pipe.watch("unacked", "unacked_index")
-        cutoff = await _server_time(pipe) - self.older_than
+        cutoff = redis_now(await pipe.time()) - self.older_than
         tags: list[Any] = await pipe.zrangebyscore("unacked_index", "-inf", cutoff, start=0, num=limit + 1)
         payloads = await pipe.hmget("unacked", tags) if tags else []
         writes: list[Callable[[Pipeline], Any]] = []
@@ -234,7 +230,7 @@ class FailAbandoned(Operation):
         await pipe.watch("rq:queues")
         names = ctx.render_all(self.queues) or sorted(
             _text(m).removeprefix("rq:queue:") for m in await pipe.smembers("rq:queues"))
-        now = await _server_time(pipe)
+        now = redis_now(await pipe.time())
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(now))
         writes: list[Callable[[Pipeline], Any]] = []
         moved: dict[str, list[str]] = {}
