@@ -60,6 +60,11 @@ async def _list_items(pipe: Any, key: str) -> list[bytes]:
     return list(await pipe.lrange(key, 0, -1))
 
 
+def _call(command: str, *args: Any, **kwargs: Any) -> Callable[[Pipeline], Any]:
+    """A write to queue inside MULTI: `command` on the pipeline with these arguments."""
+    return lambda p: getattr(p, command)(*args, **kwargs)
+
+
 def _remove_item(key: str, item: Any) -> Callable[[Pipeline], Any]:
     return lambda p: p.lrem(key, 0, item)
 
@@ -119,13 +124,37 @@ class SortedSetRemove(Operation):
         return Plan(len(present), writes, {"key": key, "members": members})
 
 
+def literal_key(pattern: str) -> str | None:
+    """The one key a glob matches when it has no unescaped metacharacter (`*`, `?`, `[`), with
+    its escapes undone; None for a real pattern. Backslashes are read as Redis' own matcher reads
+    them: one escapes the next character, a trailing one is itself."""
+    key: list[str] = []
+    chars = iter(pattern)
+    for c in chars:
+        if c == "\\":
+            key.append(next(chars, "\\"))
+        elif c in "*?[":
+            return None
+        else:
+            key.append(c)
+    return "".join(key)
+
+
 class DeleteMatching(Operation):
-    """Delete the keys matching a glob; templated parts match literally (metacharacters escaped)."""
+    """Delete the keys matching a glob; templated parts match literally (metacharacters escaped).
+    A pattern that names one key (no unescaped metacharacter) is deleted by name, without a SCAN
+    of the whole keyspace."""
 
     pattern: Template
 
     async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
         pattern = ctx.render(self.pattern, glob_literal)
+        key = literal_key(pattern)
+        if key is not None:
+            await pipe.watch(key)
+            found = bool(await pipe.exists(key))
+            return Plan(int(found), [_call("delete", key)] if found else [],
+                        {"pattern": pattern, "key": key, "keys": [key] if found else []})
         keys: list[bytes] = []
         async for key in client.scan_iter(match=pattern, count=500):  # the pipeline would only queue SCAN
             keys.append(key)
@@ -169,11 +198,6 @@ class StreamAck(Operation):
 
 
 KOMBU_SEP = b"\x06\x16"
-
-
-def _call(command: str, *args: Any, **kwargs: Any) -> Callable[[Pipeline], Any]:
-    """A write to queue inside MULTI: `command` on the pipeline with these arguments."""
-    return lambda p: getattr(p, command)(*args, **kwargs)
 
 
 class RequeueUnacked(Operation):

@@ -60,6 +60,27 @@ async def test_a_label_with_glob_characters_deletes_only_its_own_key(site: Site)
     assert sorted(client.keys("celery-task-meta-*")) == [b"celery-task-meta-1", b"celery-task-meta-2"]
 
 
+def scans(client: redis.Redis) -> int:
+    """SCAN commands the server has run so far (its own command statistics)."""
+    stats: dict[str, dict[str, int]] = client.info("commandstats")
+    return int(stats.get("cmdstat_scan", {}).get("calls", 0))
+
+
+async def test_a_key_named_in_full_is_deleted_by_name_without_scanning_the_keyspace(site: Site) -> None:
+    client = redis.Redis.from_url(site.redis_url)
+    client.mset({f"celery-task-meta-{i}": "{}" for i in range(50)} | {"celery-task-meta-*": "{}"})
+    setup = site.setup(book('delete: {pattern: "celery-task-meta-{{ labels.task_id }}"}'))
+    before = scans(client)
+    for task_id, rows in (("7", 1), ("7", 0), ("*", 1)):  # "*" from a label is a literal character
+        report = await execute(setup, {"task_id": task_id})
+        assert (report.outcome, report.steps[0].rows) == ("succeeded", rows), task_id
+    assert scans(client) == before
+    assert client.dbsize() == 49 and not client.exists("celery-task-meta-7", "celery-task-meta-*")
+    sweep = await execute(site.setup(book('delete: {pattern: "celery-task-meta-1*"}')))
+    assert (sweep.outcome, sweep.steps[0].rows) == ("succeeded", 11)  # a real pattern is still a SCAN
+    assert scans(client) > before
+
+
 async def test_harbor_job_entries_are_removed_from_hash_and_sorted_set(site: Site) -> None:
     client = redis.Redis.from_url(site.redis_url)
     ns = "{harbor_job_service_namespace}"
