@@ -1,7 +1,9 @@
 """`command` step: run a program from an argv list — never a shell — with a timeout.
 
-Only argv elements after the first may be templated (the program itself is the operator's); the
-child gets an empty environment plus the variables named in `env` and the values in `set_env`,
+Only argv elements after the first may be templated (the program itself is the operator's), and
+a value that would reach the program as an option (it starts with `-` where the operator's
+template does not) is refused unless the step says `allow_option_values: true` or a literal
+`--` comes before it. The child gets an empty environment plus the variables named in `env` and the values in `set_env`,
 runs in its own session so a timeout kills everything it started, and its output is kept (cut
 short) in the step's result.
 """
@@ -17,7 +19,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from exporter.config.model import Duration, Model
-from remediator.steps.base import RunContext, StepFailed, StepResult, StepType
+from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
 from remediator.templating import Template, is_templated
 
 OUTPUT_KEPT = 4096
@@ -31,6 +33,7 @@ class CommandSpec(Model):
     cwd: str | None = None
     ok_exit_codes: list[int] = Field(default_factory=lambda: [0])
     run_in_dry_run: bool = False  # only for a command that itself changes nothing
+    allow_option_values: bool = False  # a rendered value may start with '-' (the program reads it as an option)
 
     @field_validator("argv")
     @classmethod
@@ -38,6 +41,21 @@ class CommandSpec(Model):
         if is_templated(argv[0]):
             raise ValueError("the program (argv[0]) cannot be templated")
         return argv
+
+
+def _refuse_options(spec: CommandSpec, argv: list[str], detail: dict[str, Any]) -> None:
+    """A label such as `--config=/tmp/evil` or `-rf` must not become an option of the operator's
+    program: refuse a rendered value that starts with '-' when the operator's own text does not
+    (`--task={{ x }}` is the operator's option), unless a literal `--` ends the options first."""
+    if spec.allow_option_values:
+        return
+    for i, (template, value) in enumerate(zip(spec.argv, argv, strict=True)):
+        if i > 0 and template == "--":
+            return
+        if i > 0 and is_templated(template) and value.startswith("-") and not template.startswith("-"):
+            raise Refused(f"argv[{i}] {value!r} (from {template!r}) starts with '-': {argv[0]} would read it as an "
+                          "option; put a literal '--' before it, or set allow_option_values: true if that is "
+                          "intended", detail)
 
 
 def _environment(spec: CommandSpec) -> dict[str, str]:
@@ -56,6 +74,7 @@ class CommandStep(StepType[CommandSpec]):
     async def run(self, spec: CommandSpec, ctx: RunContext) -> StepResult:
         argv = ctx.render_all(spec.argv)
         detail: dict[str, Any] = {"argv": argv}
+        _refuse_options(spec, argv, detail)
         if ctx.dry_run and not spec.run_in_dry_run:
             return StepResult(rows=0, detail={**detail, "ran": False})
         code, output = await self._execute(argv, spec)

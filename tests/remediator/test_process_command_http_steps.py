@@ -69,6 +69,27 @@ async def test_shell_metacharacters_in_a_label_stay_one_literal_argument(site: S
     assert not marker.exists()
 
 
+async def test_a_label_that_would_be_an_option_of_the_program_is_refused(site: Site) -> None:
+    marker = site.tmp / "written"
+    script = "import sys, pathlib; pathlib.Path(sys.argv[1]).write_text(repr(sys.argv[2:]))"
+    head = f'command: {{argv: [{sys.executable}, -c, "{script}", "{marker}", '
+    plain = site.setup(book(head + '"{{ labels.job }}"]}'))
+    for job in ("--config=/tmp/evil.yml", "-rf"):
+        for dry_run in (True, False):
+            report = await execute(plain, {"job": job}, dry_run=dry_run)
+            assert report.outcome == "refused", (job, dry_run)
+            assert "starts with '-'" in (report.error or "") and job in (report.error or "")
+    assert not marker.exists()  # never started
+    # The operator's own option, a literal `--` before the value, or an explicit opt-in pass it.
+    for step, expected in (
+            (head + '"--job={{ labels.job }}"]}', ["--job=-rf"]),
+            (head + '"--", "{{ labels.job }}"]}', ["--", "-rf"]),
+            (head + '"{{ labels.job }}"], allow_option_values: true}', ["-rf"])):
+        report = await execute(site.setup(book(step)), {"job": "-rf"})
+        assert report.outcome == "succeeded", (step, report.error)
+        assert marker.read_text() == repr(expected)
+
+
 async def test_a_command_that_hangs_is_killed_at_its_timeout(site: Site) -> None:
     setup = site.setup(book("command: {argv: [sleep, '30'], timeout: 0.5s}"))
     report = await execute(setup)
