@@ -75,16 +75,30 @@ async def bind(conn: Any, statement: Any, values: list[str]) -> list[Any]:
     return [await _convert(conn, i, t, v) for i, (t, v) in enumerate(zip(types, values, strict=True), start=1)]
 
 
-async def execute(conn: Any, sql: str, values: list[str]) -> tuple[list[Any], int]:
-    """Run `sql` with bound values; returns the rows and the count PostgreSQL reports."""
+async def prepare(conn: Any, sql: str, values: list[str]) -> tuple[Any, list[Any]]:
+    """The prepared statement and its converted arguments, reusable for repeated runs (a batched
+    step prepares and converts once, not once per batch)."""
     try:
         statement = await conn.prepare(sql)
-        rows = await statement.fetch(*await bind(conn, statement, values))
+        return statement, await bind(conn, statement, values)
+    except asyncpg.PostgresError as e:
+        raise StepFailed(f"{type(e).__name__}: {e}") from None
+
+
+async def run_prepared(statement: Any, args: list[Any]) -> tuple[list[Any], int]:
+    """Run it; returns the rows and the count PostgreSQL reports."""
+    try:
+        rows = await statement.fetch(*args)
     except asyncpg.PostgresError as e:
         raise StepFailed(f"{type(e).__name__}: {e}") from None
     status = statement.get_statusmsg() or ""
     last = status.rsplit(" ", 1)[-1]
     return list(rows), int(last) if last.isdigit() else len(rows)
+
+
+async def execute(conn: Any, sql: str, values: list[str]) -> tuple[list[Any], int]:
+    """Run `sql` with bound values; returns the rows and the count PostgreSQL reports."""
+    return await run_prepared(*await prepare(conn, sql, values))
 
 
 async def _set_timeout(conn: Any, timeout: float | None) -> None:
@@ -130,8 +144,9 @@ class SqlStep(StepType[SqlSpec]):
                 await outer.start()
                 await abort_if_client_dies(conn)
             try:
+                prepared = await prepare(conn, spec.statement, [*values, str(spec.batch_size)])
                 while True:
-                    count = await self._one_batch(conn, spec, [*values, str(spec.batch_size)], total, detail)
+                    count = await self._one_batch(conn, spec, prepared, total, detail)
                     total, batches = total + count, batches + 1
                     if count < spec.batch_size:
                         break
@@ -141,15 +156,15 @@ class SqlStep(StepType[SqlSpec]):
                     await outer.rollback()
         return StepResult(rows=total, detail=detail)
 
-    async def _one_batch(self, conn: Any, spec: SqlSpec, values: list[str], done: int,
+    async def _one_batch(self, conn: Any, spec: SqlSpec, prepared: tuple[Any, list[Any]], done: int,
                          detail: dict[str, Any]) -> int:
         assert spec.batch_size is not None and spec.statement is not None
         async with conn.transaction():  # a savepoint inside the dry run's outer transaction
             await abort_if_client_dies(conn)
             await _set_timeout(conn, spec.timeout)
-            _rows, count = await execute(conn, spec.statement, values)
+            _rows, count = await run_prepared(*prepared)
             if count > spec.batch_size:
                 raise Refused(f"one batch affected {count} rows, more than batch_size {spec.batch_size}: "
-                              f"the statement must limit itself with ${len(values)}; rolled back", detail)
+                              f"the statement must limit itself with ${len(prepared[1])}; rolled back", detail)
             _guard(done + count, spec, detail)
         return count
