@@ -103,6 +103,9 @@ class Engine:
             settled = True
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
             return "failed", f"commit: {type(e).__name__}: {e}"
+        except Exception as e:  # unforeseen: this run fails, the replica goes on
+            log.exception("commit: unexpected error", extra={"run_id": run_id, "playbook": playbook.name})
+            return "failed", f"commit: {type(e).__name__}: {e}"
         finally:
             if not settled:
                 await transactions.abandon()
@@ -121,6 +124,10 @@ class Engine:
             record.error, record.detail = str(e), e.detail
         except (asyncpg.PostgresError, asyncpg.InterfaceError, RedisError, OSError) as e:
             record.outcome, record.error = "failed", f"{type(e).__name__}: {e}"
+        except Exception as e:  # a bug, or an input no guard foresaw: this run fails, the replica goes on
+            record.outcome, record.error = "failed", f"{type(e).__name__}: {e}"
+            log.exception("step %s: unexpected error", step.name, extra={
+                "run_id": run_id, "playbook": ctx.playbook, "step": step.name, "type": step.kind})
         record.duration_seconds = round(time.monotonic() - started, 4)
         log.info("step %s: %s", step.name, record.outcome,
                  extra={"run_id": run_id, "playbook": ctx.playbook, "step": step.name, "type": step.kind,
@@ -166,6 +173,9 @@ class Engine:
         except RenderError as e:
             raise StepFailed(str(e)) from None
         except (asyncpg.PostgresError, asyncpg.InterfaceError, RedisError, OSError) as e:
+            raise StepFailed(f"{type(e).__name__}: {e}") from None
+        except Exception as e:
+            log.exception("check: unexpected error")
             raise StepFailed(f"{type(e).__name__}: {e}") from None
 
     async def _measure_sql(self, check: SqlCheck, variables: dict[str, Any]) -> float:

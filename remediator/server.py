@@ -153,6 +153,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    worker = request.app[STATE].worker
+    stopped = worker.stopped_loops() if worker is not None else []
+    if stopped:
+        return web.json_response({"status": "worker stopped", "loops": stopped}, status=503)
     try:
         await request.app[STATE].journal.ping()
     except JournalUnavailable as e:

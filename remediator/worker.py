@@ -24,6 +24,7 @@ from remediator.metrics import Metrics
 log = logging.getLogger("taskmedic.remediator.worker")
 
 BUSY_RETRY = 1.0  # seconds before a run whose playbook is running elsewhere is claimed again
+LOOP_BACKOFF = 1.0  # seconds before a background loop tries again after an unexpected error
 FINISH_ATTEMPTS = 5
 
 
@@ -42,6 +43,18 @@ class Worker:
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._claim_loop(), name="claim"),
                        asyncio.create_task(self._maintain_loop(), name="maintain")]
+        for loop in self._loops:
+            loop.add_done_callback(self._loop_ended)
+
+    @staticmethod
+    def _loop_ended(loop: asyncio.Task[None]) -> None:
+        if not loop.cancelled() and loop.exception() is not None:
+            log.critical("worker loop %r stopped; this replica no longer runs playbooks (/readyz is 503)",
+                         loop.get_name(), exc_info=loop.exception())
+
+    def stopped_loops(self) -> list[str]:
+        """Background loops that have ended (on shutdown, or by an error they could not survive)."""
+        return [loop.get_name() for loop in self._loops if loop.done()]
 
     def wake(self) -> None:
         self._wake.set()
@@ -73,6 +86,11 @@ class Worker:
             except JournalUnavailable as e:
                 log.warning("journal unavailable; cannot claim runs", extra={"error": str(e)})
                 run = None
+            except Exception:  # a bug or an unreadable row: log it, and keep claiming the others
+                log.exception("unexpected error while claiming a run; claiming again in %gs", LOOP_BACKOFF)
+                self._slots.release()
+                await asyncio.sleep(LOOP_BACKOFF)
+                continue
             if run is None:
                 self._slots.release()
                 with contextlib.suppress(TimeoutError):
@@ -95,6 +113,8 @@ class Worker:
             except JournalUnavailable as e:
                 self.metrics.journal_up.set(0)
                 log.warning("journal unavailable", extra={"error": str(e)})
+            except Exception:  # a bug or an unreadable row: log it, and keep settling the others
+                log.exception("unexpected error while settling interrupted runs; trying again")
             await asyncio.sleep(max(0.5, self.settings.lease / 3))
 
     def _may_retry(self, run: Run) -> bool:
@@ -161,6 +181,9 @@ class Worker:
                 return await self.engine.execute(playbook, run.alert, self.settings.dry_run, run.id)
         except TimeoutError:
             return Report("failed", error=f"timed out after {playbook.timeout:g}s; its SQL was rolled back")
+        except Exception as e:  # the engine fails steps itself; this is for what it did not foresee
+            log.exception("run %s: unexpected error", playbook.name, extra={"run_id": run.id, "playbook": run.playbook})
+            return Report("failed", error=f"{type(e).__name__}: {e}")
 
     async def _record(self, run: Run, report: Report, duration: float) -> bool:
         """Write the outcome, riding out a short journal outage (the lease is still being renewed;

@@ -35,7 +35,8 @@ class ProcessSpec(Model):
 
 
 def _pid(text: str) -> int:
-    if not text.strip().isdigit():
+    # ASCII digits only: str.isdigit() also accepts '²' or '٣', which int() then rejects or reads.
+    if re.fullmatch(r"\s*[0-9]{1,10}\s*", text) is None:
         raise StepFailed(f"pid {text!r} is not a process id")
     pid = int(text)
     if pid <= 1 or pid == os.getpid():
