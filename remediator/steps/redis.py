@@ -244,8 +244,17 @@ class RequeueUnacked(Operation):
 
 
 class FailAbandoned(Operation):
-    """RQ: move jobs whose started-registry lease (`rq:wip:<queue>` score) has expired to the
-    failed registry, as RQ's own registry cleanup does, so they can be inspected or requeued."""
+    """RQ: what RQ's own `StartedJobRegistry.cleanup` does with entries of the started registry
+    (`rq:wip:<queue>`) whose lease score has passed, so the jobs can be inspected or requeued.
+
+    An entry is `<job id>` (RQ 1.x, where a custom id may contain ':') or `<job id>:<execution
+    id>` (RQ 2+): it names the job whose hash `rq:job:<entry>` exists, else the one before its
+    last ':'. A job still `started` moves to `rq:failed:<queue>` for its own `failure_ttl` (else
+    the step's), its hash says `failed` and expires with it, as RQ's failure path does. An entry
+    whose job has another status (it finished, its worker died before removing the entry) or
+    whose hash is gone (expired) only leaves the started registry: a job hash is never created.
+    Unlike RQ, a job with retries left is failed too (`rq requeue` it), and no failure callback
+    or dependent runs: those live in the application's code."""
 
     queues: list[Template] = Field(default_factory=list)  # default: every queue in rq:queues
     failure_ttl: Duration = Field(default=365 * 86400.0, gt=0)  # RQ's default
@@ -257,22 +266,48 @@ class FailAbandoned(Operation):
         now = redis_now(await pipe.time())
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(now))
         writes: list[Callable[[Pipeline], Any]] = []
-        moved: dict[str, list[str]] = {}
+        failed: dict[str, list[str]] = {}
+        not_started: dict[str, list[str]] = {}
+        without_job: dict[str, list[str]] = {}
         for queue in names:
             started = f"rq:wip:{queue}"
             await pipe.watch(started)
             for member in await pipe.zrangebyscore(started, "-inf", now, start=0, num=limit + 1):
-                job_id = _text(member).split(":", 1)[0]  # RQ 2 stores `<job id>:<execution id>`
-                moved.setdefault(queue, []).append(job_id)
+                writes.append(_call("zrem", started, member))
+                job_id = await self._job_of(pipe, _text(member))
+                if job_id is None:
+                    without_job.setdefault(queue, []).append(_text(member))
+                    continue
+                key = f"rq:job:{job_id}"
+                status, job_ttl = await pipe.hmget(key, ["status", "failure_ttl"])
+                if _text(status) != "started":
+                    not_started.setdefault(queue, []).append(job_id)
+                    continue
+                ttl = int(_text(job_ttl)) if job_ttl is not None and _text(job_ttl).isdigit() else 0
+                ttl = ttl or int(self.failure_ttl)
+                failed.setdefault(queue, []).append(job_id)
                 writes += [
-                    _call("zrem", started, member),
-                    _call("zadd", f"rq:failed:{queue}", {job_id: now + self.failure_ttl}),
-                    _call("hset", f"rq:job:{job_id}", mapping={
+                    _call("zadd", f"rq:failed:{queue}", {job_id: now + ttl}),
+                    _call("hset", key, mapping={
                         "status": "failed", "ended_at": stamp,
                         "exc_info": "taskmedic: abandoned by its worker (started-registry lease expired)"}),
+                    _call("expire", key, ttl),
                 ]
-        count = sum(len(v) for v in moved.values())
-        return Plan(count, writes, {"jobs": {q: ids[:50] for q, ids in moved.items()}})
+        entries = sum(len(v) for group in (failed, not_started, without_job) for v in group.values())
+        return Plan(entries, writes, {
+            "failed": sum(len(v) for v in failed.values()), "jobs": {q: ids[:50] for q, ids in failed.items()},
+            "not_started": {q: ids[:50] for q, ids in not_started.items()},
+            "without_job": {q: ids[:50] for q, ids in without_job.items()}})
+
+    @staticmethod
+    async def _job_of(pipe: Pipeline, member: str) -> str | None:
+        """The job a started-registry entry names, if its hash still exists (watched from here on)."""
+        for job_id in (member, member.rpartition(":")[0]) if ":" in member else (member,):
+            key = f"rq:job:{job_id}"
+            await pipe.watch(key)
+            if job_id and await pipe.exists(key):
+                return job_id
+        return None
 
 
 OPERATIONS = ("lrem", "lrem_where", "hdel", "zrem", "delete", "rpush", "lpush", "xack", "requeue_unacked",
