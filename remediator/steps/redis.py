@@ -8,6 +8,7 @@ guarded is the count that was changed; a concurrent writer makes it start over.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import time
@@ -197,50 +198,105 @@ class StreamAck(Operation):
         return Plan(len(ids), [lambda p: p.xack(key, self.group, *ids)], {"key": key, "group": self.group, "ids": ids})
 
 
-KOMBU_SEP = b"\x06\x16"
+KOMBU_SEP = "\x06\x16"  # kombu's Redis transport: binding member fields, and queue + SEP + priority
+Binding = tuple[str, str, str]  # (routing key, pattern, queue), as kombu's get_table returns them
+
+
+def _kombu_priority(message: Any, steps: list[int]) -> int:
+    """The priority step of a message, as kombu's `_get_message_priority` (clamped to 0..9, 0
+    when unreadable) and `priority` (the step at or below it) compute it."""
+    try:
+        wanted = max(min(int(message["properties"]["priority"]), 9), 0)
+    except (TypeError, ValueError, KeyError):
+        wanted = 0
+    return steps[bisect.bisect(steps, wanted) - 1]
+
+
+def _kombu_queue(queue: str, priority: int) -> str:
+    """kombu's `_q_for_pri`: priority 0 is the queue itself, others a sub-queue."""
+    return f"{queue}{KOMBU_SEP}{priority}" if priority else queue
 
 
 class RequeueUnacked(Operation):
     """Celery (kombu's Redis transport): give back the messages a dead worker took more than
-    `older_than` ago, the way kombu's own restore does: the message (marked redelivered) goes
-    back on its queue's consuming end, and its `unacked` and `unacked_index` entries go."""
+    `older_than` ago, the way kombu's own restore pass (`restore_visible` → `restore_by_tag` →
+    `_do_restore_message`) does: the message, marked redelivered, is pushed on the consuming end
+    of every queue its exchange's bindings route its routing key to (as for a direct exchange,
+    kombu's default), into the priority sub-queue for its priority, and its `unacked` and
+    `unacked_index` entries go. Newest first, as kombu does, so the oldest is consumed first."""
 
     older_than: Duration = Field(default=3600.0, gt=0)
+    priority_steps: list[int] = Field(default_factory=lambda: [0, 3, 6, 9], min_length=1)  # kombu's default
+
+    @model_validator(mode="after")
+    def _steps(self) -> RequeueUnacked:
+        if self.priority_steps != sorted(set(self.priority_steps)) or not 0 <= self.priority_steps[0] <= 9 \
+                or self.priority_steps[-1] > 9:
+            raise ValueError("priority_steps: distinct priorities 0..9 in ascending order (kombu's default: "
+                             "[0, 3, 6, 9])")
+        return self
 
     async def plan(self, pipe: Pipeline, ctx: RunContext, limit: int, client: Any) -> Plan:
         await pipe.watch("unacked", "unacked_index")
         cutoff = redis_now(await pipe.time()) - self.older_than
         tags: list[Any] = await pipe.zrangebyscore("unacked_index", "-inf", cutoff, start=0, num=limit + 1)
+        tags.reverse()  # kombu restores the newest first
         payloads = await pipe.hmget("unacked", tags) if tags else []
+        tables: dict[str, list[Binding]] = {}  # each exchange's bindings, read once
         writes: list[Callable[[Pipeline], Any]] = []
         queues: dict[str, int] = {}
+        unroutable: list[str] = []
         for tag, payload in zip(tags, payloads, strict=True):
+            entry = _unacked_entry(payload)
+            if entry is not None:
+                message, exchange, routing_key = entry
+                targets = await self._lookup(pipe, tables, exchange, routing_key)
+                if not targets:
+                    unroutable.append(_text(tag))  # left where it is: kombu would drop it
+                    continue
+                body = json.dumps(_redelivered(message))
+                for queue in targets:
+                    key = _kombu_queue(queue, _kombu_priority(message, self.priority_steps))
+                    writes.append(_call("rpush", key, body))
+                    queues[key] = queues.get(key, 0) + 1
+            # kombu drops the index entries of an unreadable message too
             writes += [_call("zrem", "unacked_index", tag), _call("hdel", "unacked", tag)]
-            restored = await self._restore(pipe, payload)
-            if restored is not None:
-                queue, body = restored
-                writes.append(_call("rpush", queue, body))
-                queues[_text(queue)] = queues.get(_text(queue), 0) + 1
-        return Plan(len(tags), writes, {"older_than": self.older_than, "queues": queues})
+        detail: dict[str, Any] = {"older_than": self.older_than, "queues": queues}
+        if unroutable:
+            detail["unroutable"] = unroutable[:50]
+        return Plan(len(tags) - len(unroutable), writes, detail)
 
     @staticmethod
-    async def _restore(pipe: Pipeline, payload: bytes | str | None) -> tuple[bytes, str] | None:
-        """(queue, message) for an `unacked` entry `[message, exchange, routing_key]`."""
-        try:
-            message, exchange, routing_key = json.loads(payload or b"")
-        except (ValueError, TypeError):
-            return None  # unreadable: only its index entries are dropped, as kombu does
-        with contextlib.suppress(KeyError, TypeError):
-            message["headers"]["redelivered"] = True
-            message["properties"]["delivery_info"]["redelivered"] = True
-        queue = str(routing_key).encode()
-        if exchange:
-            for member in await pipe.smembers(f"_kombu.binding.{exchange}"):
-                parts = (member if isinstance(member, bytes) else member.encode()).split(KOMBU_SEP)
-                if len(parts) == 3 and parts[0] == queue:
-                    queue = parts[2]
-                    break
-        return queue, json.dumps(message)
+    async def _lookup(pipe: Pipeline, tables: dict[str, list[Binding]], exchange: str,
+                      routing_key: str) -> list[str]:
+        """kombu's `_lookup` for a direct exchange: every queue bound with this routing key; the
+        anonymous exchange routes to the queue named by the routing key."""
+        if not exchange:
+            return [routing_key] if routing_key else []
+        if exchange not in tables:
+            key = f"_kombu.binding.{exchange}"
+            await pipe.watch(key)
+            members = await pipe.smembers(key)
+            tables[exchange] = [b for b in (tuple(_text(m).split(KOMBU_SEP)) for m in members) if len(b) == 3]
+        return sorted({queue for rkey, _pattern, queue in tables[exchange] if rkey == routing_key})
+
+
+def _unacked_entry(payload: bytes | str | None) -> tuple[dict[str, Any], str, str] | None:
+    """An `unacked` hash value `[message, exchange, routing_key]`, or None when unreadable."""
+    try:
+        message, exchange, routing_key = json.loads(payload or b"")
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(message, dict):
+        return None
+    return message, str(exchange or ""), str(routing_key or "")
+
+
+def _redelivered(message: dict[str, Any]) -> dict[str, Any]:
+    with contextlib.suppress(KeyError, TypeError):
+        message["headers"]["redelivered"] = True
+        message["properties"]["delivery_info"]["redelivered"] = True
+    return message
 
 
 class FailAbandoned(Operation):

@@ -3,15 +3,24 @@ write the keys as a real worker or producer does, and read back what the step le
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 import redis
+from kombu import Connection
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from tests.remediator.kit import Site, execute
+from tests.services import RedisServer
 
 
 def book(operation: str, max_items: int = 1000) -> str:
@@ -66,3 +75,83 @@ async def test_rq_abandoned_jobs_fail_as_rq_cleanup_fails_them_and_no_job_hash_i
     assert Job.fetch("finished", connection=conn).get_status() == "finished"
     failed.requeue("abandoned")  # RQ reads what the step wrote and can retry it
     assert queue.job_ids == ["abandoned"]
+
+
+# A Celery-style worker on kombu's Redis transport: it declares two queues bound to one direct
+# exchange with the same routing key (a task queue and an audit copy), publishes four messages
+# of different priorities, takes the four from the task queue without acknowledging them, and
+# waits — to be SIGKILLed, as an OOM-killed worker is.
+DYING_WORKER = """
+import sys, time
+from kombu import Connection, Exchange, Queue, Producer
+with Connection(sys.argv[1]) as conn:
+    channel = conn.channel()
+    tasks = Exchange("tasks", type="direct")
+    work, audit = Queue("work", tasks, routing_key="work"), Queue("work-audit", tasks, routing_key="work")
+    for queue in (work, audit):
+        queue(channel).declare()
+    producer = Producer(channel, exchange=tasks)
+    for n, priority in enumerate([0, 5, 9, 2]):
+        producer.publish({"n": n}, routing_key="work", priority=priority, headers={"n": n})
+    taken = [work(channel).get(no_ack=False) for _ in range(4)]
+    assert all(taken)
+    print("taken", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def second_db(redis_server: RedisServer) -> Iterator[str]:
+    url = redis_server.url(1)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+def worker_dies_holding_messages(url: str) -> redis.Redis:
+    proc = subprocess.Popen([sys.executable, "-c", DYING_WORKER, url], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"taken\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    client = redis.Redis.from_url(url)
+    assert client.zcard("unacked_index") == 4
+    for tag, score in client.zrange("unacked_index", 0, -1, withscores=True):
+        client.zadd("unacked_index", {tag: score - 7200})  # delivered two hours ago
+    return client
+
+
+def queues_of(client: redis.Redis) -> dict[bytes, list[tuple[Any, ...]]]:
+    """Every list (queue) with its messages as (n, redelivered flags, priority), in order."""
+    out = {}
+    for key in client.keys("*"):
+        if client.type(key) == b"list":
+            out[key] = [(m["headers"]["n"], m["headers"].get("redelivered"),
+                         m["properties"]["delivery_info"].get("redelivered"), m["properties"].get("priority"))
+                        for m in map(json.loads, client.lrange(key, 0, -1))]
+    return out
+
+
+async def test_celery_unacked_messages_are_restored_exactly_as_kombu_restores_them(
+        site: Site, second_db: str) -> None:
+    ours, theirs = worker_dies_holding_messages(site.redis_url), worker_dies_holding_messages(second_db)
+
+    with Connection(second_db) as conn:  # kombu's own restore pass, as a live worker runs it
+        conn.default_channel.qos.restore_visible(num=100)
+    report = await execute(site.setup(book("requeue_unacked: {older_than: 1h}")))
+
+    assert report.outcome == "succeeded", report.error
+    assert report.steps[0].rows == 4
+    assert queues_of(ours) == queues_of(theirs)
+    restored = queues_of(ours)
+    # Messages n=0..3 had priorities 0, 5, 9, 2: each went back to both queues bound with its
+    # routing key, into the sub-queue of its priority step (5 → 3, 2 → 0); the audit queue also
+    # still holds the copies nobody consumed.
+    assert {key: [m[0] for m in messages] for key, messages in restored.items()} == {
+        b"work": [3, 0], b"work\x06\x163": [1], b"work\x06\x169": [2],
+        b"work-audit": [3, 0, 3, 0], b"work-audit\x06\x163": [1, 1], b"work-audit\x06\x169": [2, 2]}
+    assert all(m[1:3] == (True, True) for m in restored[b"work"])
+    assert ours.zcard("unacked_index") == 0 and ours.hlen("unacked") == 0
