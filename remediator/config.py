@@ -200,6 +200,12 @@ class Playbook(Model):
                 raise ValueError(f"two steps are named {step.name!r}")
             if step.for_each is not None and step.for_each not in seen:
                 raise ValueError(f"step {step.name!r}: for_each must name an earlier step")
+            if step.process is not None and step.process.rows_from is not None:
+                if step.process.rows_from not in seen:
+                    raise ValueError(f"step {step.name!r}: rows_from must name an earlier step")
+                if step.for_each is not None:
+                    raise ValueError(f"step {step.name!r}: find_gone goes through the rows of `rows_from` itself "
+                                     "(it must see them all at once); drop for_each")
             if step.files is not None and step.files.ids_from is not None:
                 source = seen.get(step.files.ids_from)
                 if source is None or source.sql is None or source.sql.query is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -56,6 +57,19 @@ async def test_a_process_already_gone_is_nothing_to_do(site: Site) -> None:
     report = await execute(site.setup(book('process: {pid: "{{ labels.pid }}", match: "true"}')),
                            {"pid": str(gone.pid)})
     assert (report.outcome, report.steps[0].rows, report.steps[0].detail["gone"]) == ("succeeded", 0, True)
+
+
+def test_find_gone_takes_the_rows_of_an_earlier_step_itself(site: Site) -> None:
+    query = "name: rows\n    sql: {system: cape, query: \"select 1 as pid\"}\n  - "
+    for step, problem in (
+            ('process: {action: find_gone, pid: "1", match: x}', "action: find_gone needs `rows_from`"),
+            ('process: {pid: "1", match: x, rows_from: rows}', "and only find_gone takes it"),
+            ('process: {action: find_gone, rows_from: later, pid: "{{ item.pid }}", match: x}',
+             "rows_from must name an earlier step"),
+            ('for_each: rows\n    process: {action: find_gone, rows_from: rows, pid: "{{ item.pid }}", match: x}',
+             "drop for_each")):
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            site.setup(book(step).replace("  - name: act\n", "  - " + query + "name: act\n"))
 
 
 async def test_shell_metacharacters_in_a_label_stay_one_literal_argument(site: Site) -> None:

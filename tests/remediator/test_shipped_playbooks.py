@@ -3,6 +3,10 @@ schemas: the stuck work is healed, the healthy-but-slow work is not touched."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from remediator.config import Setup, load_setup
@@ -13,16 +17,16 @@ from tests.services import PostgresServer
 SHIPPED = Path(__file__).parents[2] / "rules" / "playbooks"
 
 
-def shipped(site: Site, pg: PostgresServer) -> tuple[Setup, Database]:
-    """The shipped playbooks with a config naming one system per built-in profile, by its name
-    (the demo's and the README's convention)."""
+def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str) -> tuple[Setup, Database]:
+    """The shipped playbooks (each through `edit`) with a config naming one system per built-in
+    profile, by its name (the demo's and the README's convention)."""
     timesketch = Database(pg, pg.create_database("timesketch"))
     systems = (f"  timesketch: {{profile: timesketch, database: '{timesketch.dsn}'}}\n"
                f"  harbor: {{profile: harbor, database: '{site.cape.dsn}', redis: '{site.redis_url}'}}\n"
                f"  scanner: {{profile: scanner, database: '{site.cape.dsn}'}}\n"
                f"  celery: {{profile: celery, redis: '{site.redis_url}'}}\n"
                f"  rq: {{profile: rq, redis: '{site.redis_url}'}}\n")
-    books = [book.read_text() for book in sorted(SHIPPED.glob("*.yml"))]
+    books = [edit(book.read_text()) for book in sorted(SHIPPED.glob("*.yml"))]
     return load_setup(str(site.write(*books, systems=systems))), timesketch
 
 
@@ -98,30 +102,64 @@ async def test_harbor_playbook_settles_dangling_execution_and_only_its_redis_ent
     assert r.get("unrelated") == b"kept"
 
 
-async def test_scanner_playbook_terminates_only_tasks_whose_engine_is_gone(site: Site, pg: PostgresServer) -> None:
-    import subprocess
-    import sys
+def scan_engine(*argv: str) -> subprocess.Popen[bytes]:
+    """A stand-in for the scanner's engine: a live process with "scan-engine" in its argv, as the
+    demo's engines have."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv])
 
+
+async def test_scanner_playbook_terminates_only_tasks_whose_engine_is_gone(site: Site, pg: PostgresServer) -> None:
     setup, _ = shipped(site, pg)
     scanner = site.cape
     scanner.load("scanner.sql")
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    alive = scan_engine("scan-engine", "--task", "2")
+    reused = scan_engine("not-an-engine")  # a PID the OS gave to some other program
+    dead = scan_engine("scan-engine", "--task", "1")
+    dead.kill()
     dead.wait()
     try:
         scanner.sql(f"""insert into scan_tasks (target, state, engine_pid, started_at) values
                           ('zombie', 'Running', {dead.pid}, now() - interval '1 hour'),
                           ('alive', 'Running', {alive.pid}, now() - interval '1 hour'),
-                          ('young', 'Running', {dead.pid}, now())""")
+                          ('young', 'Running', {dead.pid}, now()),
+                          ('reused', 'Running', {reused.pid}, now() - interval '1 hour')""")
         report = await execute(setup, {"system": "scanner", "reason": "process_gone"},
                                playbook="scanner-terminate-zombies")
         assert report.outcome == "succeeded", report.error
-        assert [s.rows for s in report.steps] == [2, 1, 1]
+        assert [s.rows for s in report.steps] == [3, 2, 2]
         assert scanner.sql("select target, state from scan_tasks order by id").splitlines() == \
-            ["zombie|Terminated", "alive|Running", "young|Running"]
-        assert alive.poll() is None  # nothing was killed
+            ["zombie|Terminated", "alive|Running", "young|Running", "reused|Terminated"]
+        assert alive.poll() is None and reused.poll() is None  # nothing was killed
     finally:
         alive.kill()
+        reused.kill()
+
+
+async def test_scanner_playbook_is_refused_when_no_engine_is_visible(site: Site, pg: PostgresServer) -> None:
+    """A remediator outside the scanner's PID namespace sees no engine at all: every task would
+    look like a zombie, so nothing is judged and nothing changes. (The engine's name is made
+    unique to this test, so engines of a demo running on the same machine stay out of it.)"""
+    engine = f"scan-engine-{uuid.uuid4().hex}"
+    setup, _ = shipped(site, pg, lambda text: text.replace('match: "scan-engine"', f'match: "{engine}"'))
+    scanner = site.cape
+    scanner.load("scanner.sql")
+    elsewhere = scan_engine("not-an-engine")  # processes are visible, just no engine among them
+    try:
+        scanner.sql(f"""insert into scan_tasks (target, state, engine_pid, started_at) values
+                          ('a', 'Running', {elsewhere.pid}, now() - interval '1 hour'),
+                          ('b', 'Running', 4000000, now() - interval '1 hour')""")
+        report = await execute(setup, {"system": "scanner", "reason": "process_gone"},
+                               playbook="scanner-terminate-zombies")
+        assert report.outcome == "refused"
+        assert report.error == (f"step 'engines gone': cannot see any process matching '{engine}', so every row "
+                                "would look gone; run the remediator where it shares the scanner's process namespace "
+                                "(or correct `match`)")
+        assert [(s.name, s.rows) for s in report.steps] == [("running tasks", 2), ("engines gone", 0)]
+        assert report.steps[1].detail["visible"] == 0
+        assert scanner.sql("select target, state from scan_tasks order by id").splitlines() == \
+            ["a|Running", "b|Running"]
+    finally:
+        elsewhere.kill()
 
 
 async def test_celery_playbook_requeues_only_messages_past_the_visibility_timeout(
