@@ -202,23 +202,25 @@ class Journal:
                     returning {COLUMNS}""", self.replica, self.lease, list(playbooks))
         return Run.from_row(row) if row else None
 
-    async def renew(self, run_id: int) -> bool:
-        """Extend our lease; False when the run is no longer ours (it was taken over)."""
+    async def renew(self, run_id: int, attempt: int) -> bool:
+        """Extend our lease on this attempt of the run; False when it is no longer ours (it was
+        taken over, or settled, even if this replica has claimed it again since)."""
         async with self.connection() as conn:
             owned = await conn.fetchval(
                 """update taskmedic_runs set lease_until = now() + make_interval(secs => $3)
-                   where id = $1 and replica = $2 and status = 'running' returning true""",
-                run_id, self.replica, self.lease)
+                   where id = $1 and replica = $2 and status = 'running' and attempts = $4 returning true""",
+                run_id, self.replica, self.lease, attempt)
         return bool(owned)
 
-    async def finish(self, run_id: int, outcome: str, steps: list[dict[str, Any]], error: str | None,
-                     dry_run: bool, duration: float) -> bool:
+    async def finish(self, run_id: int, attempt: int, outcome: str, steps: list[dict[str, Any]],
+                     error: str | None, dry_run: bool, duration: float) -> bool:
+        """Record the outcome of this attempt; False when the run is no longer ours."""
         async with self.connection() as conn:
             done = await conn.fetchval(
                 """update taskmedic_runs set status = 'done', outcome = $3, steps = $4::text::jsonb, error = $5,
                           dry_run = $6, duration_seconds = $7, finished_at = now(), lease_until = null
-                   where id = $1 and replica = $2 and status = 'running' returning true""",
-                run_id, self.replica, outcome, json.dumps(steps, default=str), error, dry_run, duration)
+                   where id = $1 and replica = $2 and status = 'running' and attempts = $8 returning true""",
+                run_id, self.replica, outcome, json.dumps(steps, default=str), error, dry_run, duration, attempt)
         return bool(done)
 
     async def requeue(self, run_id: int, delay: float) -> None:

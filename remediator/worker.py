@@ -1,10 +1,13 @@
 """Executes journaled runs: claim, guard, execute, record — on any replica sharing the journal.
 
-A claimed run is held by a lease that a heartbeat renews; if renewing fails long enough that
-another replica could take the run over, the run is cancelled (its SQL rolls back) rather than
-risk executing twice. The per-playbook guards (cooldown, circuit breaker) are checked under the
-playbook's advisory lock, and the outcome is written before the lock is released, so concurrent
-replicas see each other's runs.
+A claimed run is held by a lease (`lease_until` in the journal) that a heartbeat renews from the
+claim until its outcome is recorded. The heartbeat counts each lease from when the claim or
+renewal that set it was sent, and gives each renewal only the time left before a cutoff a third
+of a lease ahead of expiry: if the lease cannot be confirmed by then, or the journal says the
+run is no longer ours, the run is cancelled (its SQL rolls back, its outcome is not written)
+while the lease still holds, before another replica may settle or re-run it. The per-playbook
+guards (cooldown, circuit breaker) are checked under the playbook's advisory lock, and the
+outcome is written before the lock is released, so concurrent replicas see each other's runs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from remediator.config import Playbook, Setup
 from remediator.engine import Engine, Report
@@ -26,6 +30,14 @@ log = logging.getLogger("taskmedic.remediator.worker")
 BUSY_RETRY = 1.0  # seconds before a run whose playbook is running elsewhere is claimed again
 LOOP_BACKOFF = 1.0  # seconds before a background loop tries again after an unexpected error
 FINISH_ATTEMPTS = 5
+
+
+@dataclass
+class Lease:
+    """What a run's heartbeat knows of its lease, on this replica's monotonic clock."""
+
+    expires: float  # the journal's lease_until at the latest: when the claim/renewal setting it was sent + lease
+    settling: bool = False  # the run is being recorded or handed back: it stops being ours on purpose
 
 
 class Worker:
@@ -81,6 +93,7 @@ class Worker:
         while True:
             await self._slots.acquire()
             self._wake.clear()
+            claimed_at = time.monotonic()  # the lease the claim sets is counted from here
             try:
                 run = await self.journal.claim(list(self.playbooks))
             except JournalUnavailable as e:
@@ -96,7 +109,7 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
                 continue
-            task = asyncio.create_task(self._handle(run), name=f"run-{run.id}")
+            task = asyncio.create_task(self._handle(run, claimed_at), name=f"run-{run.id}")
             self._active[run.id] = task
             task.add_done_callback(functools.partial(self._done, run.id))
 
@@ -137,25 +150,26 @@ class Worker:
             if playbook.max_runs_per_hour is not None:
                 self.metrics.circuit.labels(name).set(int(counts.get(name, 0) >= playbook.max_runs_per_hour))
 
-    async def _handle(self, run: Run) -> None:
+    async def _handle(self, run: Run, claimed_at: float) -> None:
         playbook = self.playbooks[run.playbook]
-        lease = asyncio.create_task(self._keep_lease(run, asyncio.current_task()))
+        lease = Lease(expires=claimed_at + self.journal.lease)
+        heartbeat = asyncio.create_task(self._keep_lease(run, asyncio.current_task(), lease),
+                                        name=f"lease-{run.id}")
         started = time.monotonic()
         try:
             async with self._exclusive(playbook) as got:
                 if not got:
+                    lease.settling = True
                     await self.journal.requeue(run.id, BUSY_RETRY)
                     return
-                try:
-                    report = await self._guarded(run, playbook)
-                finally:
-                    lease.cancel()  # from here on a lost lease must not cancel the bookkeeping
-                await self._finish(run, report, time.monotonic() - started)
+                report = await self._guarded(run, playbook)
+                lease.settling = True
+                await self._finish(run, report, time.monotonic() - started)  # still under the heartbeat
         except JournalUnavailable as e:
             log.error("journal unavailable during a run; its lease will expire and it will be settled as "
                       "interrupted", extra={"run_id": run.id, "playbook": run.playbook, "error": str(e)})
         finally:
-            lease.cancel()
+            heartbeat.cancel()
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, playbook: Playbook) -> AsyncIterator[bool]:
@@ -186,12 +200,13 @@ class Worker:
             return Report("failed", error=f"{type(e).__name__}: {e}")
 
     async def _record(self, run: Run, report: Report, duration: float) -> bool:
-        """Write the outcome, riding out a short journal outage (the lease is still being renewed;
-        if it runs out, the heartbeat cancels this and the run is settled as interrupted)."""
+        """Write the outcome, riding out a short journal outage. The heartbeat keeps renewing
+        the lease meanwhile; if it cannot, it cancels this before the lease expires, and the
+        run is then settled as interrupted by whichever replica recovers it."""
         for attempt in range(FINISH_ATTEMPTS):
             try:
-                return await self.journal.finish(run.id, report.outcome, report.steps_json(), report.error,
-                                                 report.dry_run, duration)
+                return await self.journal.finish(run.id, run.attempts, report.outcome, report.steps_json(),
+                                                 report.error, report.dry_run, duration)
             except JournalUnavailable:
                 if attempt == FINISH_ATTEMPTS - 1:
                     raise
@@ -211,22 +226,42 @@ class Worker:
             "outcome": report.outcome, "error": report.error, "dry_run": report.dry_run,
             "steps": len(report.steps), "attempt": run.attempts, "duration_seconds": round(duration, 3)})
 
-    async def _keep_lease(self, run: Run, task: asyncio.Task[None] | None) -> None:
-        """Renew the lease; cancel the run before it could expire unrenewed (another replica
-        would then be free to take it over)."""
-        lease = self.journal.lease
-        expires = time.monotonic() + lease
+    async def _keep_lease(self, run: Run, task: asyncio.Task[None] | None, lease: Lease) -> None:
+        """Renew the run's lease until its outcome is recorded (cancelled then by `_handle`).
+
+        A renewal is sent a third of a lease after the previous successful one was sent, and a
+        lease is counted from when its renewal was sent (the journal sets lease_until from its
+        own now() when it runs the update, which is no earlier). Each renewal may only take until
+        the cutoff, a third of a lease before the lease as last confirmed expires; a failed one is
+        retried shortly. At the cutoff without a renewal, or as soon as the journal says the run
+        is not ours, `task` is cancelled: its SQL rolls back and its outcome is not written while
+        the lease still holds, before another replica may settle it or run it again."""
+        period = self.journal.lease / 3
+        retry = min(1.0, period / 3)
+        next_renewal = lease.expires - self.journal.lease + period
         while True:
-            await asyncio.sleep(lease / 3)
+            await asyncio.sleep(max(0.0, next_renewal - time.monotonic()))
+            cutoff = lease.expires - period
+            sent = time.monotonic()
             try:
-                owned: bool | None = await self.journal.renew(run.id)
-            except JournalUnavailable:
+                owned: bool | None = await asyncio.wait_for(self.journal.renew(run.id, run.attempts),
+                                                            max(0.0, cutoff - sent))
+            except (JournalUnavailable, TimeoutError):
                 owned = None
             if owned:
-                expires = time.monotonic() + lease
-            elif owned is False or time.monotonic() > expires - lease / 3:
-                log.error("lost the lease of a running run; cancelling it (its SQL rolls back)",
-                          extra={"run_id": run.id, "playbook": run.playbook})
+                lease.expires, next_renewal = sent + self.journal.lease, sent + period
+                continue
+            if owned is False and lease.settling:
+                return  # our own finish or requeue ended the lease (or it was taken over: finish says so)
+            if owned is False or time.monotonic() >= cutoff:
+                if lease.settling:
+                    log.error("could not keep the lease while recording a run's outcome; stopped (whoever "
+                              "recovers the run settles it as interrupted)", extra={
+                                  "run_id": run.id, "playbook": run.playbook, "taken_over": owned is False})
+                else:
+                    log.error("lost the lease of a running run; cancelling it (its SQL rolls back)", extra={
+                        "run_id": run.id, "playbook": run.playbook, "taken_over": owned is False})
                 if task is not None:
                     task.cancel()
                 return
+            next_renewal = min(time.monotonic() + retry, cutoff)
