@@ -23,10 +23,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if not args.config:
-        parser().error("the following arguments are required: --config")
-    commandline.setup_logging(args)
+    args = commandline.parse_args(parser(), argv)
     try:
         config = load(ExporterConfig, args.config)
     except ConfigError as err:

@@ -36,6 +36,15 @@ def base_parser(prog: str, description: str, listen_help: str, commands: str) ->
     return p, p.add_subparsers(dest="command", metavar=commands)
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, insist on --config (exit 2 without it) and set up logging."""
+    args = parser.parse_args(argv)
+    if not args.config:
+        parser.error("the following arguments are required: --config")
+    logs.setup(args.log_format, args.log_level)
+    return args
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -74,7 +83,3 @@ def serve(make_app: Callable[[], web.Application], listen: tuple[str, int], name
         print(f"error: cannot listen on {listen[0]}:{listen[1]}: {e.strerror}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
-
-
-def setup_logging(args: argparse.Namespace) -> None:
-    logs.setup(args.log_format, args.log_level)

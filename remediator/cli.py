@@ -43,10 +43,7 @@ def _simulate(setup: Setup, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if not args.config:
-        parser().error("the following arguments are required: --config")
-    commandline.setup_logging(args)
+    args = commandline.parse_args(parser(), argv)
     try:
         setup = load_setup(args.config)
         if args.command == "check":

@@ -14,6 +14,7 @@ class Metrics:
     def __init__(self, playbooks: Iterable[str]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # exposed as taskmedic_remediation_runs_total (prometheus_client adds _total)
         self.runs = Counter("taskmedic_remediation_runs", "Finished playbook runs by outcome (updated as runs end).",
                             ["playbook", "outcome"], registry=r)
         self.duration = Histogram("taskmedic_remediation_duration_seconds",
