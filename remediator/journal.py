@@ -110,6 +110,28 @@ async def _codecs(conn: Any) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+def _settle(future: asyncio.Future[int], result: int = 0, exception: BaseException | None = None) -> None:
+    if future.done():  # its POST went away; the runs are journaled all the same
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)
+
+
+def _attribute(batch: list[tuple[Sequence[NewRun], asyncio.Future[int]]],
+               inserted: set[tuple[str, str, datetime]]) -> None:
+    """Each created row counts as new for the first caller that carried it; the rest are duplicates."""
+    for runs, future in batch:
+        new = 0
+        for run in runs:
+            key = (run.playbook, run.alert.fingerprint, run.alert.starts_at)
+            if key in inserted:
+                inserted.discard(key)
+                new += 1
+        _settle(future, new)
+
+
 class Journal:
     def __init__(self, dsn: SecretStr, replica: str, lease: float, pool_size: int = 10,
                  timeout: float = 10.0) -> None:
@@ -120,6 +142,8 @@ class Journal:
         self._timeout = timeout
         self._pool: Any = None
         self._lock = asyncio.Lock()
+        self._waiting: list[tuple[Sequence[NewRun], asyncio.Future[int]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def pool(self) -> Any:
         """The pool, created and the table migrated on first success (retried on every call)."""
@@ -172,9 +196,43 @@ class Journal:
             await conn.fetchval("select 1")
 
     async def record(self, runs: Sequence[NewRun]) -> int:
-        """Journal the runs in one transaction; returns how many were new (not duplicates)."""
+        """Journal the runs; returns how many were new (not duplicates) once they are committed.
+
+        Group commit: the runs of POSTs that arrive while a write is in flight go into the next
+        write together, one statement and one commit for all of them, and each caller returns
+        when the commit holding its runs is done. A failure that is not the journal being
+        unreachable is retried caller by caller, so one bad payload fails only its own POST."""
         if not runs:
             return 0
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append((runs, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting())
+        return await future
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                inserted = await self._insert([run for runs, _ in batch for run in runs])
+            except JournalUnavailable as e:
+                for _, future in batch:
+                    _settle(future, exception=e)
+                continue
+            except Exception:  # not the journal being down: find whose runs it was
+                await self._write_one_by_one(batch)
+                continue
+            _attribute(batch, inserted)
+
+    async def _write_one_by_one(self, batch: list[tuple[Sequence[NewRun], asyncio.Future[int]]]) -> None:
+        for runs, future in batch:
+            try:
+                _attribute([(runs, future)], await self._insert(list(runs)))
+            except Exception as e:  # this caller's own failure
+                _settle(future, exception=e)
+
+    async def _insert(self, runs: list[NewRun]) -> set[tuple[str, str, datetime]]:
+        """One statement and commit for these runs; the keys of the rows it created."""
         columns = list(zip(*[(r.playbook, r.alert.fingerprint, r.alert.starts_at, r.alert.status,
                               json.dumps(dict(r.alert.labels)), json.dumps(dict(r.alert.annotations)),
                               r.alert.ends_at, r.alert.generator_url, r.receiver, r.group_key) for r in runs],
@@ -188,8 +246,8 @@ class Journal:
                                $7::timestamptz[], $8::text[], $9::text[], $10::text[])
                         as t(p, f, s, st, l, a, e, g, r, k)
                    on conflict on constraint taskmedic_runs_once do nothing
-                   returning id""", *columns, self.replica)
-        return len(rows)
+                   returning playbook, fingerprint, starts_at""", *columns, self.replica)
+        return {(r["playbook"], r["fingerprint"], r["starts_at"]) for r in rows}
 
     async def claim(self, playbooks: Sequence[str]) -> Run | None:
         async with self.connection() as conn:

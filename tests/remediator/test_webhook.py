@@ -118,6 +118,21 @@ async def test_100_concurrent_identical_deliveries_make_one_run(site: Site, star
     assert count(site.cape, "status = 'pending'") == 2
 
 
+async def test_concurrent_posts_share_commits_and_each_learns_its_own_runs(site: Site, start: StartApp) -> None:
+    client = await start(site.setup(FAIL_STALE), run_worker=False)
+    # 60 POSTs at once: 40 distinct alerts, 20 repeating one of them, and one POST of two alerts
+    bodies = [payload(alert(f"f{i}")) for i in range(40)] + [payload(alert("f7")) for _ in range(20)]
+    bodies.append(payload(alert("pair-a"), alert("pair-b")))
+    answers = await asyncio.gather(*(post(client, b) for b in bodies))
+    assert {status for status, _ in answers} == {200}
+    assert sum(body["journaled"] for _, body in answers) == 42
+    assert sum(body["duplicates"] for _, body in answers) == 20
+    assert answers[-1][1]["journaled"] == 2
+    # whichever POST of f7 committed first journaled it; the other 20 saw a duplicate
+    assert sum(body["journaled"] for _, body in answers[:60]) == 40
+    assert len(site.journal_rows()) == 42
+
+
 async def test_an_alert_matching_no_playbook_is_counted_not_journaled(site: Site, start: StartApp) -> None:
     client = await start(site.setup(FAIL_STALE), run_worker=False)
     other = alert("f9", alertname="DiskAlmostFull", reason="")
