@@ -60,14 +60,19 @@ def db(pg: PostgresServer) -> Database:
     return Database(pg, pg.create_database())
 
 
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    url = redis_server.url(0)
+def flushed(server: RedisServer, db: int) -> Iterator[str]:
+    """The URL of one of the session server's databases, empty before and after the test."""
+    url = server.url(db)
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    yield from flushed(redis_server, 0)
 
 
 @pytest.fixture

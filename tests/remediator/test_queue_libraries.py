@@ -19,6 +19,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from tests.conftest import flushed
 from tests.remediator.kit import Site, execute
 from tests.services import RedisServer
 
@@ -102,12 +103,7 @@ with Connection(sys.argv[1]) as conn:
 
 @pytest.fixture
 def second_db(redis_server: RedisServer) -> Iterator[str]:
-    url = redis_server.url(1)
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
+    yield from flushed(redis_server, 1)
 
 
 def worker_dies_holding_messages(url: str) -> redis.Redis:
