@@ -23,7 +23,7 @@ $(BIN)/taskmedic-exporter: pyproject.toml
 venv: $(BIN)/taskmedic-exporter
 
 lint: venv
-	$(BIN)/ruff check exporter remediator tests
+	$(BIN)/ruff check taskmedic exporter remediator tests deploy
 	$(BIN)/mypy
 
 test: deps venv lint

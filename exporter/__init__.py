@@ -1,8 +1,1 @@
 """taskmedic exporter: task-health metrics from PostgreSQL, Redis, disks and backups."""
-
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("taskmedic")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+source"

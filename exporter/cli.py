@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import sys
 
-from exporter import commandline
-from exporter.config import ConfigError, ExporterConfig, load
+from exporter.config import ExporterConfig
 from exporter.preflight import preflight
+from taskmedic import commandline
+from taskmedic.config import ConfigError, load
 
 
 def parser() -> argparse.ArgumentParser:

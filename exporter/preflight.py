@@ -8,8 +8,9 @@ import sys
 from typing import Any
 
 from exporter.collectors.tasks import build_live_query
-from exporter.config.model import ExporterConfig, redact
-from exporter.connections import Connections
+from exporter.config import ExporterConfig
+from taskmedic.config.model import redact
+from taskmedic.connections import Connections
 
 
 def seq_scans(plan: Any) -> list[str]:

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from exporter import __version__
 from exporter.collectors import build_all
-from exporter.config.model import ExporterConfig
-from exporter.connections import Connections
+from exporter.config import ExporterConfig
 from exporter.runtime import Runtime
+from taskmedic import __version__
+from taskmedic.connections import Connections
 
 CONFIG = web.AppKey("config", ExporterConfig)
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -7,9 +7,9 @@ import asyncio
 import json
 import sys
 
-from exporter import commandline
-from exporter.config import ConfigError
 from remediator.config import Setup, load_setup
+from taskmedic import commandline
+from taskmedic.config import ConfigError
 
 
 def parser() -> argparse.ArgumentParser:

@@ -18,8 +18,6 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from exporter.config.loader import ConfigError, Document, KeyPath, expand_env, format_path, load, parse_yaml, validate
-from exporter.config.model import Duration, Model, Name, PostgresDsn, System
 from remediator.steps import (
     STEP_TYPES,
     CommandSpec,
@@ -31,6 +29,8 @@ from remediator.steps import (
 )
 from remediator.steps.sql import Param, reject_templated_sql
 from remediator.templating import Template
+from taskmedic.config.loader import ConfigError, Document, KeyPath, expand_env, format_path, load, parse_yaml, validate
+from taskmedic.config.model import Duration, Model, Name, PostgresDsn, System
 
 Need = Literal["database", "redis"]
 

@@ -19,14 +19,14 @@ from typing import Any
 import asyncpg
 from redis.exceptions import RedisError
 
-from exporter.config.model import System
-from exporter.connections import Connections
 from remediator.config import Check, Playbook, RedisCheck, SqlCheck, Step
 from remediator.matching import AlertInfo
 from remediator.steps import STEP_TYPES, Refused, RunContext, StepFailed, StepResult, Transactions
 from remediator.steps.base import Row
 from remediator.steps.sql import as_text, execute
 from remediator.templating import RenderError, render, render_all
+from taskmedic.config.model import System
+from taskmedic.connections import Connections
 
 log = logging.getLogger("taskmedic.remediator.run")
 

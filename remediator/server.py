@@ -15,8 +15,6 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter import __version__
-from exporter.connections import Connections
 from remediator.config import Setup
 from remediator.engine import Engine
 from remediator.journal import OUTCOMES, STATUSES, Journal, JournalUnavailable, NewRun
@@ -24,6 +22,8 @@ from remediator.matching import matching
 from remediator.metrics import Metrics
 from remediator.webhook import Credentials, InvalidPayload, Payload, parse
 from remediator.worker import Worker
+from taskmedic import __version__
+from taskmedic.connections import Connections
 
 log = logging.getLogger("taskmedic.remediator.webhook")
 

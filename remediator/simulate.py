@@ -15,12 +15,12 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from exporter.config.loader import ConfigError
-from exporter.connections import Connections
 from remediator.config import Playbook, Setup
 from remediator.engine import Engine, Report
 from remediator.matching import AlertInfo, matching
 from remediator.webhook import Alert, Payload, problems_of
+from taskmedic.config.loader import ConfigError
+from taskmedic.connections import Connections
 
 _ALERTS = TypeAdapter(Payload | list[Alert])
 

@@ -16,8 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from exporter.config.loader import format_path
 from remediator.matching import AlertInfo
+from taskmedic.config.loader import format_path
 
 MAX_TEXT = 64 * 1024
 

@@ -26,7 +26,7 @@ import aiohttp
 import psutil
 import redis
 
-from exporter.archive import check_file
+from taskmedic.archive import check_file
 from tests import bench_remediator
 from tests.exporter.helpers import collect
 from tests.services import PostgresServer, RedisServer, free_port, running, tempdir, wait_http
@@ -64,7 +64,8 @@ def bench_history(tmp: Path, pg: PostgresServer, small: int, large: int) -> dict
 
 def live_only_median(tmp: Path, pg: PostgresServer, db: str, rounds: int = 50) -> float:
     from exporter.collectors.tasks import build_live_query
-    from exporter.config import ExporterConfig, load
+    from exporter.config import ExporterConfig
+    from taskmedic.config import load
 
     path = tmp / "cfg.yml"
     path.write_text(cape_config(pg, db))
@@ -286,7 +287,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
               "equivalent queries, each hit by two aiohttp clients at 10 requests/s. taskmedic renders a cached "
               "snapshot; query-exporter runs its queries on each scrape.",
               "- Redis: the `list` queue collector over 1,000 lists, `run_once` duration (includes connecting).",
-              "- Zip: a ZIP64 archive of random data written by Python's zipfile, checked by `exporter.archive`"
+              "- Zip: a ZIP64 archive of random data written by Python's zipfile, checked by `taskmedic.archive`"
               " (tail read only) with tracemalloc measuring peak allocation, versus `unzip -tqq`.",
               *remediator[len(rows):], ""]
     return "\n".join(lines)

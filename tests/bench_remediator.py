@@ -28,9 +28,9 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from exporter import commandline
 from remediator.config import load_setup
 from remediator.server import make_app
+from taskmedic import commandline
 from tests import bench  # `bench` imports this module too: names are looked up when used
 from tests.remediator.kit import AUTH, TOKEN, alert, execute, payload
 from tests.services import PostgresServer, free_port, running, wait_http, wait_port

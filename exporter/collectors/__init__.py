@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from exporter.collectors import backups, celery, disk, harbor, lists, rq, tasks
 from exporter.collectors.base import Collector, Factory
-from exporter.config.model import ExporterConfig
-from exporter.connections import Connections
+from exporter.config import ExporterConfig
+from taskmedic.connections import Connections
 
 REGISTRY: dict[str, Factory] = {
     "tasks": tasks.build,

@@ -8,11 +8,12 @@ import stat
 import time
 from dataclasses import dataclass, field
 
-from exporter.archive import check_file
 from exporter.collectors.base import BlockingCalls
-from exporter.config.model import Backup, ExporterConfig
-from exporter.connections import Connections
+from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
+from taskmedic.archive import check_file
+from taskmedic.config.model import Backup
+from taskmedic.connections import Connections
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from exporter.config.model import ExporterConfig, System
-from exporter.connections import Connections
+from exporter.config import ExporterConfig
 from exporter.metrics import Sample
+from taskmedic.config.model import System
+from taskmedic.connections import Connections
 
 
 class Collector(Protocol):

@@ -7,10 +7,10 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from exporter.collectors.redis_base import RedisQueueCollector, redis_now, systems_of_type
-from exporter.config.model import ExporterConfig
-from exporter.connections import Connections
+from exporter.collectors.redis_base import RedisQueueCollector, systems_of_type
+from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
+from taskmedic.connections import Connections, redis_now
 
 SEP = b"\x06\x16"  # kombu's separator in binding members and priority queue names
 UNACKED = "unacked"

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from exporter.collectors.redis_base import RedisQueueCollector, redis_now, systems_of_type
-from exporter.config.model import ExporterConfig
-from exporter.connections import Connections
+from exporter.collectors.redis_base import RedisQueueCollector, systems_of_type
+from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
+from taskmedic.connections import Connections, redis_now
 
 
 def enqueued_at(raw: bytes | None) -> float | None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exporter.collectors.redis_base import RedisQueueCollector, scan_keys, systems_of_type
-from exporter.config.model import ExporterConfig
-from exporter.connections import Connections
+from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
+from taskmedic.connections import Connections
 
 
 @dataclass

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from exporter.collectors.base import SystemCollector
-from exporter.config.model import QueueSource, System
+from taskmedic.config.model import QueueSource, System
 
 
 @dataclass
@@ -27,11 +26,6 @@ class RedisQueueCollector(SystemCollector):
         assert self.system.redis is not None
         return self.connections.redis(self.system.redis)
 
-
-def redis_now(time_reply: Any) -> float:
-    """Redis' own clock from a TIME reply: ages are measured on the server's clock."""
-    seconds, micros = time_reply
-    return int(seconds) + int(micros) / 1e6
 
 
 async def scan_keys(client: aioredis.Redis, pattern: str, cap: int) -> list[bytes]:

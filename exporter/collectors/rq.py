@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from exporter.collectors.redis_base import RedisQueueCollector, redis_now, systems_of_type
-from exporter.config.model import ExporterConfig
-from exporter.connections import Connections
+from exporter.collectors.redis_base import RedisQueueCollector, systems_of_type
+from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
+from taskmedic.connections import Connections, redis_now
 
 QUEUE_PREFIX = "rq:queue:"
 REGISTRIES = {"started": "rq:wip:", "failed": "rq:failed:", "finished": "rq:finished:",

@@ -17,9 +17,10 @@ from typing import Any
 import psutil
 
 from exporter.collectors.base import BlockingCalls, SystemCollector
-from exporter.config.model import ExporterConfig, StuckRule, TaskTable
-from exporter.connections import Connections
+from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
+from taskmedic.config.model import StuckRule, TaskTable
+from taskmedic.connections import Connections
 
 
 def quote_ident(name: str) -> str:

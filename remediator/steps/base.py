@@ -16,9 +16,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import redis.asyncio as aioredis
 
-from exporter.config.model import Model, System
-from exporter.connections import Connections
 from remediator.templating import Escape, RenderError, render, render_all
+from taskmedic.config.model import Model, System
+from taskmedic.connections import Connections
 
 S = TypeVar("S", bound=Model)
 Row = dict[str, Any]  # one output row of a step: a query's columns, or the item a filter kept

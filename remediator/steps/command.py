@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from exporter.config.model import Duration, Model
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
 from remediator.templating import Template, is_templated
+from taskmedic.config.model import Duration, Model
 
 OUTPUT_KEPT = 4096
 

@@ -21,11 +21,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from exporter.archive import check_file
-from exporter.collectors.disk import free_space
-from exporter.config.model import Duration, Model
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType, first_value
 from remediator.templating import Template
+from taskmedic.archive import check_file
+from taskmedic.config.model import Duration, Model
+from taskmedic.disks import free_space
 
 
 class FilesSpec(Model):

@@ -15,9 +15,9 @@ import aiohttp
 from pydantic import Field, field_validator
 from yarl import URL
 
-from exporter.config.model import Duration, Model
 from remediator.steps.base import RunContext, StepFailed, StepResult, StepType
 from remediator.templating import Template, is_templated, url_part
+from taskmedic.config.model import Duration, Model
 
 _ORIGIN = re.compile(r"^https?://[^/]+")
 

@@ -24,9 +24,9 @@ from typing import Any, ClassVar, Literal
 import psutil
 from pydantic import Field, model_validator
 
-from exporter.config.model import Duration, Model, Regex
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
 from remediator.templating import Template
+from taskmedic.config.model import Duration, Model, Regex
 
 SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT, "HUP": signal.SIGHUP,
            "QUIT": signal.SIGQUIT, "USR1": signal.SIGUSR1, "USR2": signal.SIGUSR2}

@@ -20,10 +20,10 @@ from pydantic import Field, model_validator
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
-from exporter.collectors.redis_base import redis_now
-from exporter.config.model import Duration, Model, Name
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
 from remediator.templating import Template, glob_literal
+from taskmedic.config.model import Duration, Model, Name
+from taskmedic.connections import redis_now
 
 ATTEMPTS = 5
 MAX_LIST_SCAN = 100_000

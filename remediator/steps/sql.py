@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 import asyncpg
 from pydantic import Field, model_validator
 
-from exporter.config.model import Duration, Model, Name
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType, abort_if_client_dies
 from remediator.templating import Template, is_templated
+from taskmedic.config.model import Duration, Model, Name
 
 Param = Template | int | float | bool
 _TEXT_TYPES = {"text", "varchar", "bpchar", "name", "unknown"}

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from exporter.collectors import build_all
-from exporter.config import ExporterConfig, load
-from exporter.connections import Connections
+from exporter.config import ExporterConfig
 from exporter.runtime import run_once
 from exporter.snapshot import CollectorResult
+from taskmedic.config import load
+from taskmedic.connections import Connections
 
 
 async def collect(tmp: Path, config_text: str) -> dict[str, CollectorResult]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.archive import check_file
+from taskmedic.archive import check_file
 from tests.conftest import Database
 from tests.exporter.helpers import collect, value
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, ExporterConfig, load
+from exporter.config import ExporterConfig
+from taskmedic.config import ConfigError, load
 
 
 def write(tmp: Path, text: str) -> Path:

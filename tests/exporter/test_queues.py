@@ -158,8 +158,9 @@ async def test_plain_lists_discovered_by_pattern_under_a_cap(redis_url: str, tmp
 
 async def test_celery_unacked_bodies_are_read_once_per_delivery_tag(redis_url: str, tmp: Path) -> None:
     from exporter.collectors.celery import CeleryQueueCollector
-    from exporter.config import ExporterConfig, load
-    from exporter.connections import Connections
+    from exporter.config import ExporterConfig
+    from taskmedic.config import load
+    from taskmedic.connections import Connections
 
     client = redis.Redis.from_url(redis_url)
     client.hset("unacked", "t1", json.dumps([{"body": "x"}, "", "celery"]))

@@ -16,10 +16,10 @@ import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from exporter.connections import Connections
 from remediator.config import Setup, load_setup
 from remediator.engine import Engine, Report
 from remediator.webhook import Alert
+from taskmedic.connections import Connections
 from tests.conftest import Database
 
 TOKEN = "t0ken-for-tests"

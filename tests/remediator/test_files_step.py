@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from exporter.collectors.disk import DiskCollector
-from exporter.config.model import Disk
+from taskmedic.config.model import Disk
 from tests.remediator.kit import Site, execute, seed_cape
 
 

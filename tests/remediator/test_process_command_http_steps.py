@@ -14,7 +14,7 @@ import psutil
 import pytest
 from aiohttp import web
 
-from exporter.config.loader import ConfigError
+from taskmedic.config.loader import ConfigError
 from tests.remediator.kit import Site, execute
 
 

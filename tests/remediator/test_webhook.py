@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config.loader import ConfigError
+from taskmedic.config.loader import ConfigError
 from tests.remediator.kit import (
     FAIL_STALE,
     TOKEN,

@@ -59,3 +59,9 @@ class Connections:
             await client.aclose()
         self.pools.clear()
         self.clients.clear()
+
+
+def redis_now(time_reply: Any) -> float:
+    """Redis' own clock from a TIME reply: ages are measured on the server's clock."""
+    seconds, micros = time_reply
+    return int(seconds) + int(micros) / 1e6

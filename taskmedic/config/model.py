@@ -1,7 +1,6 @@
-"""Typed, frozen configuration shared by the exporter and the remediator.
-
-Only `systems` is read by both processes; the exporter owns `disks`, `backups` and `exporter`,
-the remediator owns `remediator`. Each process ignores the other's sections.
+"""Typed, frozen configuration shared by the exporter and the remediator: the systems (and
+their detection rules), disks and backups. Each process adds its own section on top
+(`taskmedic.config.ExporterConfig`, `remediator.config.RemediatorConfig`) and ignores the other's.
 """
 
 from __future__ import annotations
@@ -258,23 +257,3 @@ class Backup(Model):
     in_progress: Duration = 60.0  # a file modified more recently is still being written
     interval: Duration = 60.0
     timeout: Duration = 10.0
-
-
-class ExporterSettings(Model):
-    listen: str = "0.0.0.0:9863"
-
-
-class ExporterConfig(Model):
-    """What `taskmedic-exporter` reads; the remediator's section is ignored."""
-
-    systems: dict[Name, System] = Field(default_factory=dict)
-    disks: list[Disk] = Field(default_factory=list)
-    backups: dict[Name, Backup] = Field(default_factory=dict)
-    exporter: ExporterSettings = ExporterSettings()
-    remediator: Any = None
-
-    @model_validator(mode="after")
-    def _something(self) -> ExporterConfig:
-        if not (self.systems or self.disks or self.backups):
-            raise ValueError("nothing to watch: configure at least one of systems, disks, backups")
-        return self

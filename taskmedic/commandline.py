@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from exporter import logs
-from exporter.config.loader import ConfigError
+from taskmedic import logs
+from taskmedic.config.loader import ConfigError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -27,7 +27,7 @@ def add_common(parser: argparse.ArgumentParser, default_config: str | None = Non
 def base_parser(prog: str, description: str, listen_help: str, commands: str) -> tuple[
         argparse.ArgumentParser, argparse._SubParsersAction[argparse.ArgumentParser]]:
     """The flags every taskmedic command has, and a place for its subcommands."""
-    from exporter import __version__
+    from taskmedic import __version__
 
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
