@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import AfterValidator
@@ -70,6 +70,15 @@ def check_template(text: str) -> str:
 
 
 Template = Annotated[str, AfterValidator(check_template)]
+
+
+# What a template sees of the alert: anyone who can post an alert decides these values.
+ALERT_VARIABLES = frozenset({"labels", "annotations", "alert"})
+
+
+def references(text: str) -> set[str]:
+    """The top-level variables a (syntactically valid) template reads, e.g. {"item"}."""
+    return set(meta.find_undeclared_variables(_environment(_plain).parse(text)))
 
 
 def is_templated(text: str) -> bool:

@@ -6,15 +6,13 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from aiohttp import web
 
 from taskmedic.config.loader import ConfigError
+from tests.engines import engine_program, reaped, start_engine, start_look_alikes
 from tests.remediator.kit import Site, execute
 
 
@@ -22,51 +20,68 @@ def book(step: str) -> str:
     return f"name: t\nmatch: {{alertname: TaskmedicStuckTasks}}\nsteps:\n  - name: act\n    {step}\n"
 
 
-@pytest.fixture
-def engine_process(tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A stand-in for a scanner engine: a real process with a recognisable command line."""
-    script = tmp / "scan-engine.py"
-    script.write_text("import time\nwhile True: time.sleep(1)\n")
-    proc = subprocess.Popen([sys.executable, str(script), "--task", "42"])
-    yield proc
-    proc.kill()
-    proc.wait()
+def engine_book(task_pid: int, task_started: str = "now()", **process: str) -> str:
+    """A playbook signalling the process a task row records (here a query of literals)."""
+    spec = {"pid": "{{ item.pid }}", "started_at": "{{ item.started_at }}", "engine": "scan-engine", "wait": "5s",
+            **process}
+    return ("name: t\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n"
+            f"  - name: task\n    sql: {{system: cape, query: "
+            f"\"select {task_pid} as pid, {task_started} as started_at\"}}\n"
+            "  - name: act\n    for_each: task\n    process: "
+            + "{" + ", ".join(f'{k}: "{v}"' for k, v in spec.items()) + "}\n")
 
 
-async def test_a_zombie_engine_process_matching_the_pattern_is_terminated(
-        site: Site, engine_process: subprocess.Popen[bytes]) -> None:
-    setup = site.setup(book('process: {pid: "{{ labels.pid }}", match: "scan-engine\\\\.py --task", wait: 5s}'))
-    report = await execute(setup, {"pid": str(engine_process.pid)})
-    assert (report.outcome, report.steps[0].detail["exited"]) == ("succeeded", True)
-    assert not psutil.pid_exists(engine_process.pid)
+async def test_the_engine_of_a_recorded_task_is_terminated(site: Site) -> None:
+    engine = start_engine(engine_program(site.tmp))
+    with reaped(engine):
+        report = await execute(site.setup(engine_book(engine.pid, engine=str(engine_program(site.tmp)))))
+        assert (report.outcome, report.steps[1].detail["each"][0]["exited"]) == ("succeeded", True)
+        assert engine.poll() is not None
 
 
-async def test_a_process_that_does_not_match_is_refused_and_left_alone(
-        site: Site, engine_process: subprocess.Popen[bytes]) -> None:
-    setup = site.setup(book('process: {pid: "{{ labels.pid }}", match: "^celery worker"}'))
-    report = await execute(setup, {"pid": str(engine_process.pid)})
-    assert report.outcome == "refused"
-    assert engine_process.poll() is None
-    for pid, outcome in (("1", "refused"), (str(os.getpid()), "refused"), ("12; kill -9 1", "failed")):
-        assert (await execute(setup, {"pid": pid})).outcome == outcome, pid
+async def test_look_alikes_and_a_reused_pid_are_refused_and_left_alone(site: Site) -> None:
+    look_alikes = start_look_alikes()
+    engine = start_engine(engine_program(site.tmp))
+    with reaped(engine, *look_alikes):
+        for proc in look_alikes:
+            report = await execute(site.setup(engine_book(proc.pid)))
+            assert report.outcome == "refused"
+            assert f"pid {proc.pid} is not the engine: its exe is " in (report.error or "")
+        # the real engine's PID, on a task that started an hour before that process existed
+        reused = await execute(site.setup(engine_book(engine.pid, "now() - interval '1 hour'")))
+        assert (reused.outcome, reused.error) == (
+            "refused", f"step 'act': pid {engine.pid} is not the engine: created 3600s after its task started: "
+                       "a reused PID; not signalled")
+        assert all(p.poll() is None for p in (engine, *look_alikes))  # nothing got a signal
+    for pid, outcome in ((1, "refused"), (os.getpid(), "refused")):
+        assert (await execute(site.setup(engine_book(pid)))).outcome == outcome, pid
 
 
 async def test_a_process_already_gone_is_nothing_to_do(site: Site) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
-    report = await execute(site.setup(book('process: {pid: "{{ labels.pid }}", match: "true"}')),
-                           {"pid": str(gone.pid)})
-    assert (report.outcome, report.steps[0].rows, report.steps[0].detail["gone"]) == ("succeeded", 0, True)
+    report = await execute(site.setup(engine_book(gone.pid)))
+    assert (report.outcome, report.steps[1].rows, report.steps[1].detail["each"][0]["gone"]) == ("succeeded", 0, True)
+
+
+def test_a_pid_or_task_start_from_the_alert_is_refused_when_the_playbook_loads(site: Site) -> None:
+    for key, template in (("pid", "{{ labels.pid }}"), ("pid", "{{ alert.fingerprint }}"),
+                          ("started_at", "{{ annotations.started }}")):
+        with pytest.raises(ConfigError, match=rf"p0.yml:8: steps\[1\]\.process\.{key}: comes from the alert"):
+            site.setup(engine_book(1, **{key: template}))
+    with pytest.raises(ConfigError, match=r"`match` .* is gone: set `engine`"):
+        site.setup(book('process: {pid: "1", started_at: "0", match: "scan-engine"}'))
 
 
 def test_find_gone_takes_the_rows_of_an_earlier_step_itself(site: Site) -> None:
     query = "name: rows\n    sql: {system: cape, query: \"select 1 as pid\"}\n  - "
+    same = 'started_at: "{{ item.t }}", engine: x'
     for step, problem in (
-            ('process: {action: find_gone, pid: "1", match: x}', "action: find_gone needs `rows_from`"),
-            ('process: {pid: "1", match: x, rows_from: rows}', "and only find_gone takes it"),
-            ('process: {action: find_gone, rows_from: later, pid: "{{ item.pid }}", match: x}',
+            (f'process: {{action: find_gone, pid: "1", {same}}}', "action: find_gone needs `rows_from`"),
+            (f'process: {{pid: "1", {same}, rows_from: rows}}', "and only find_gone takes it"),
+            (f'process: {{action: find_gone, rows_from: later, pid: "{{{{ item.pid }}}}", {same}}}',
              "rows_from must name an earlier step"),
-            ('for_each: rows\n    process: {action: find_gone, rows_from: rows, pid: "{{ item.pid }}", match: x}',
+            (f'for_each: rows\n    process: {{action: find_gone, rows_from: rows, pid: "{{{{ item.pid }}}}", {same}}}',
              "drop for_each")):
         with pytest.raises(ConfigError, match=re.escape(problem)):
             site.setup(book(step).replace("  - name: act\n", "  - " + query + "name: act\n"))
