@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import redis.asyncio as aioredis
 
-from remediator.templating import Escape, RenderError, render, render_all
+from remediator.templating import Escape, RenderError, UnsafeValue, render, render_all
 from taskmedic.config.model import Model, System
 from taskmedic.connections import Connections
 
@@ -122,6 +122,8 @@ class RunContext:
             return render(text, self.variables, escape)
         except RenderError as e:
             raise StepFailed(str(e)) from None
+        except UnsafeValue as e:
+            raise Refused(str(e)) from None
 
     def render_all(self, texts: list[str]) -> list[str]:
         try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import subprocess
 import sys
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from aiohttp import web
@@ -49,9 +51,9 @@ async def test_look_alikes_and_a_reused_pid_are_refused_and_left_alone(site: Sit
             assert f"pid {proc.pid} is not the engine: its exe is " in (report.error or "")
         # the real engine's PID, on a task that started an hour before that process existed
         reused = await execute(site.setup(engine_book(engine.pid, "now() - interval '1 hour'")))
-        assert (reused.outcome, reused.error) == (
-            "refused", f"step 'act': pid {engine.pid} is not the engine: created 3600s after its task started: "
-                       "a reused PID; not signalled")
+        assert reused.outcome == "refused"
+        assert re.fullmatch(rf"step 'act': pid {engine.pid} is not the engine: created 3[56][0-9]{{2}}s after its "
+                            "task started: a reused PID; not signalled", reused.error or ""), reused.error
         assert all(p.poll() is None for p in (engine, *look_alikes))  # nothing got a signal
     for pid, outcome in ((1, "refused"), (os.getpid(), "refused")):
         assert (await execute(site.setup(engine_book(pid)))).outcome == outcome, pid
@@ -176,20 +178,48 @@ async def test_cape_pending_task_is_deleted_through_its_api_with_a_secret_header
     assert "s3cret" not in str(report.steps[0].detail)
 
 
-async def test_path_traversal_and_crlf_in_a_label_stay_inside_one_url_segment(
+async def test_a_label_that_would_leave_its_url_segment_is_refused_and_nothing_is_sent(
         site: Site, cape_api: tuple[str, list[dict[str, Any]]]) -> None:
     base, seen = cape_api
     setup = site.setup(book(f'http: {{method: POST, url: "{base}/apiv2/tasks/delete/{{{{ labels.task_id }}}}/pending/",'
                             ' query: {reason: "{{ labels.reason }}"}, body: {note: "{{ labels.reason }}"}}'))
-    for task_id in ("../../admin/users", "..", "1\r\nX-Injected: yes", "1?all=true#x"):
-        await execute(setup, {"task_id": task_id, "reason": "a&b=c\r\nX-Evil: 1"})
-    paths = [s["path"] for s in seen]
-    assert paths == ["/apiv2/tasks/delete/..%2F..%2Fadmin%2Fusers/pending/?reason=a%26b%3Dc%0D%0AX-Evil:+1",
-                     "/apiv2/tasks/delete/%2E%2E/pending/?reason=a%26b%3Dc%0D%0AX-Evil:+1",
-                     "/apiv2/tasks/delete/1%0D%0AX-Injected%3A%20yes/pending/?reason=a%26b%3Dc%0D%0AX-Evil:+1",
-                     "/apiv2/tasks/delete/1%3Fall%3Dtrue%23x/pending/?reason=a%26b%3Dc%0D%0AX-Evil:+1"]
-    assert all("X-Injected" not in s["headers"] and "X-Evil" not in s["headers"] for s in seen)
+    for task_id in ("../../admin/users", "..", ".", "", "1\r\nX-Injected: yes", "..\\admin", "%2e%2e", "1\x7f"):
+        for dry_run in (False, True):
+            report = await execute(setup, {"task_id": task_id, "reason": "x"}, dry_run=dry_run)
+            assert report.outcome == "refused", task_id
+            assert (report.error or "").startswith(f"step 'act': URL value {task_id!r} "), report.error
+    assert seen == []
+    # the rest of a value stays data inside its segment; query and body values are encoded as such
+    await execute(setup, {"task_id": "1?all=true#x", "reason": "a&b=c\r\nX-Evil: 1"})
+    assert [s["path"] for s in seen] == \
+        ["/apiv2/tasks/delete/1%3Fall%3Dtrue%23x/pending/?reason=a%26b%3Dc%0D%0AX-Evil:+1"]
+    assert "X-Evil" not in seen[0]["headers"]
     assert seen[0]["body"] == '{"note": "a&b=c\\r\\nX-Evil: 1"}'
+
+
+async def test_a_traversal_label_never_reaches_the_admin_page_of_a_server_that_decodes_slashes(
+        site: Site, aiohttp_server: Any) -> None:
+    """A server (or proxy) that decodes %2F and normalises the path before routing would turn
+    /api/..%2F..%2Fadmin into /admin; the label must be refused, not escaped."""
+    requested: list[str] = []
+
+    async def route(request: web.Request) -> web.Response:
+        path = posixpath.normpath(unquote(request.raw_path.split("?")[0]))
+        requested.append(path)
+        if path == "/admin":
+            return web.json_response({"users": ["root"]})
+        return web.json_response({"deleted": path})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", route)
+    server = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{server.port}/api/tasks/{{{{ labels.task }}}}"
+    setup = site.setup(book(f'http: {{method: DELETE, url: "{url}", '
+                            'headers: {Authorization: "Token operator-secret"}}'))
+    report = await execute(setup, {"task": "../../admin"})
+    assert (report.outcome, requested) == ("refused", [])
+    assert (await execute(setup, {"task": "42"})).outcome == "succeeded"
+    assert requested == ["/api/tasks/42"]
 
 
 async def test_an_unexpected_status_fails_the_run(site: Site, cape_api: tuple[str, list[dict[str, Any]]]) -> None:
