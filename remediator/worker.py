@@ -190,11 +190,13 @@ class Worker:
             if circuit_open:
                 return Report("suppressed", error=f"circuit open: {count} runs in the last hour "
                                                   f"(max_runs_per_hour {playbook.max_runs_per_hour})")
+        report = Report("failed")  # filled as the run goes, so a timeout keeps what the steps did
         try:
             async with asyncio.timeout(playbook.timeout):
-                return await self.engine.execute(playbook, run.alert, self.settings.dry_run, run.id)
+                return await self.engine.execute(playbook, run.alert, self.settings.dry_run, run.id, report)
         except TimeoutError:
-            return Report("failed", error=f"timed out after {playbook.timeout:g}s; its SQL was rolled back")
+            report.outcome, report.error = "failed", f"timed out after {playbook.timeout:g}s; its SQL was rolled back"
+            return report
         except Exception as e:  # the engine fails steps itself; this is for what it did not foresee
             log.exception("run %s: unexpected error", playbook.name, extra={"run_id": run.id, "playbook": run.playbook})
             return Report("failed", error=f"{type(e).__name__}: {e}")

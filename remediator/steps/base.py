@@ -116,6 +116,9 @@ class RunContext:
     transactions: Transactions
     log: logging.Logger
     outputs: dict[str, list[Row]] = field(default_factory=dict)  # step name → its output rows
+    # The running step's detail so far: a step whose work outlasts one await (files) fills it as
+    # it goes, so a run cancelled mid-step (timeout, shutdown) still records what was done.
+    progress: dict[str, Any] = field(default_factory=dict)
 
     def render(self, text: str, escape: Escape | None = None) -> str:
         try:
