@@ -64,6 +64,8 @@ def _executable(proc: psutil.Process) -> tuple[str | None, str]:
     except FileNotFoundError:
         if not os.path.isdir("/proc/self"):  # not Linux: psutil's exe() has no guessing there
             return proc.exe() or None, "exe"
+        if proc.is_running():
+            return None, "exe"  # a kernel thread: no executable at all
         raise psutil.NoSuchProcess(proc.pid) from None
     except PermissionError:
         argv = proc.cmdline()
@@ -92,7 +94,9 @@ def judge(proc: psutil.Process, engine: str, owner: str | None, started_at: date
         if proc.status() == psutil.STATUS_ZOMBIE:
             return Verdict("gone", "exited (zombie not yet reaped)")
         path, source = _executable(proc)
-        if path is None or not _same_program(path, engine):
+        if path is None:
+            return Verdict("not_engine", f"it has no {source} (a kernel thread, or an empty command line)")
+        if not _same_program(path, engine):
             return Verdict("not_engine", f"its {source} is {path!r}, not {engine!r}")
         if owner is not None:
             matches, name = _owner_matches(proc, owner)
