@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from remediator.config import Setup
+from remediator.config import Setup, load_setup
 from remediator.engine import Engine
 from remediator.journal import OUTCOMES, STATUSES, Journal, JournalUnavailable, NewRun
 from remediator.matching import matching
@@ -24,6 +24,7 @@ from remediator.webhook import Credentials, InvalidPayload, Payload, parse
 from remediator.worker import Worker
 from taskmedic import __version__
 from taskmedic.connections import Connections
+from taskmedic.reload import RELOADER, Reloader, reload_response
 
 log = logging.getLogger("taskmedic.remediator.webhook")
 
@@ -169,13 +170,38 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+# Settings that belong to resources opened at start-up; a reload keeps the running values.
+_RESTART_ONLY = ("journal", "listen", "replica", "workers", "lease", "max_body_bytes")
+
+
+async def _apply(state: State, new: Setup) -> None:
+    """Put a reloaded setup in place: credentials, playbooks and systems at once."""
+    old = state.setup.settings
+    changed = [k for k in _RESTART_ONLY if getattr(old, k) != getattr(new.settings, k)]
+    if changed:
+        log.warning("reload: these settings take effect at the next restart", extra={"settings": changed})
+    state.setup, state.credentials = new, Credentials(new.tokens, new.basic)
+    state.metrics.add_playbooks(p.name for p in new.playbooks)
+    if state.worker is not None:
+        state.worker.reconfigure(new)
+
+
+async def post_reload(request: web.Request) -> web.Response:
+    """POST /-/reload: the same credentials as POST /alerts."""
+    if not request.app[STATE].credentials.allows(request.headers.get("Authorization")):
+        raise _json_error(web.HTTPUnauthorized, "unauthorized")
+    return await reload_response(request.app[RELOADER])
+
+
 def make_app(setup: Setup, run_worker: bool = True) -> web.Application:
     """The remediator app; with `run_worker=False` it only journals (tests of the webhook alone)."""
     settings = setup.settings
     app = web.Application(client_max_size=settings.max_body_bytes)
     journal = Journal(settings.journal, settings.replica_name, settings.lease, pool_size=settings.workers * 2 + 4)
+    reloader = Reloader(setup.path, load_setup, lambda new: _apply(app[STATE], new))
+    app[RELOADER] = reloader
     app[STATE] = State(setup=setup, credentials=Credentials(setup.tokens, setup.basic),
-                       metrics=Metrics(p.name for p in setup.playbooks), journal=journal)
+                       metrics=Metrics((p.name for p in setup.playbooks), lambda: reloader.status), journal=journal)
 
     async def running(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]
@@ -204,4 +230,5 @@ def make_app(setup: Setup, run_worker: bool = True) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/-/reload", post_reload)
     return app

@@ -52,6 +52,13 @@ class Worker:
         self._active: dict[int, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
 
+    def reconfigure(self, setup: Setup) -> None:
+        """Take reloaded playbooks and settings: runs claimed from now on use them; a run already
+        executing finishes with the playbook it started with."""
+        self.playbooks = {p.name: p for p in setup.playbooks}
+        self.settings = setup.settings
+        self.engine.systems = setup.config.systems
+
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._claim_loop(), name="claim"),
                        asyncio.create_task(self._maintain_loop(), name="maintain")]

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from taskmedic import logs
 from taskmedic.config.loader import ConfigError
+from taskmedic.reload import RELOADER, ReloadStatus
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -73,6 +74,16 @@ def serve(make_app: Callable[[], web.Application], listen: tuple[str, int], name
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloader = app.get(RELOADER)
+        if reloader is not None:
+            reloads: set[asyncio.Task[ReloadStatus]] = set()  # held until done: tasks are weakly referenced
+
+            def reload() -> None:
+                task = asyncio.create_task(reloader.reload())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
         log.info("shutting down")
         await runner.cleanup()
