@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
 from tests.remediator.kit import Site, alert, payload
 from tests.services import free_port, running, wait_http
