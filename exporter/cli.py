@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     from exporter.server import make_app
 
     listen = args.listen or commandline.parse_listen(config.exporter.listen)
-    return commandline.serve(lambda: make_app(config, args.config, args.web_enable_lifecycle), listen, "exporter")
+    return commandline.serve(lambda: make_app(config, args.config, args.web_enable_lifecycle), listen, "exporter",
+                             args.web_config_file)
 
 
 if __name__ == "__main__":
