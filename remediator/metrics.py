@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import choose_encoder
 
 from remediator.journal import OUTCOMES
+from remediator.pause import Pause
 from taskmedic.reload import ReloadStatus
 from taskmedic.selfmetrics import add_self_metrics
 
@@ -37,7 +38,15 @@ class Metrics:
         self.journal_up = Gauge("taskmedic_remediator_journal_up",
                                 "1 when the journal database answered the last query (refreshed every few seconds).",
                                 registry=r)
+        self.paused = Gauge("taskmedic_remediation_paused_since_timestamp_seconds",
+                            "Unix time since which remediation is paused, per scope (a playbook, or * for all); "
+                            "absent when not paused (refreshed every few seconds).", ["scope"], registry=r)
         self.add_playbooks(playbooks)
+
+    def show_pauses(self, pauses: Iterable[Pause]) -> None:
+        self.paused.clear()
+        for pause in pauses:
+            self.paused.labels(pause.scope).set(pause.paused_at.timestamp())
 
     def add_playbooks(self, playbooks: Iterable[str]) -> None:
         """Every series exists from the start (and from a reload), so rate() and alerts see zeros."""
