@@ -37,8 +37,8 @@ def compose_playbooks() -> list[str]:
 
 
 def kubernetes_playbooks() -> list[str]:
-    configmap = yaml.safe_load(
-        (ROOT / "deploy" / "kubernetes" / "overlays" / "cape" / "remediator-configmap.yaml").read_text(encoding="utf-8"))
+    path = ROOT / "deploy" / "kubernetes" / "overlays" / "cape" / "remediator-configmap.yaml"
+    configmap = yaml.safe_load(path.read_text(encoding="utf-8"))
     config = yaml.safe_load(configmap["data"]["taskmedic.yml"])
     return [Path(p).name for p in config["remediator"]["playbooks"]]
 
@@ -102,10 +102,8 @@ def test_a_healed_alert_goes_to_the_remediator_only_and_others_page(deployment: 
         labels = sample_labels(match)
         for severity in severities(labels["alertname"]) or {"warning"}:
             got = receivers(config, {**labels, "severity": severity})
-            if name in runs:
-                expected = ["taskmedic-remediator"]
-            else:
-                expected = ["quiet"] if severity == "info" else ["people"]
+            page = ["quiet"] if severity == "info" else ["people"]
+            expected = ["taskmedic-remediator"] if name in runs else page
             assert got == expected, f"{deployment}: {name} ({severity}) routed to {got}, expected {expected}"
 
 
@@ -157,7 +155,7 @@ def test_stacked_disk_alerts_page_once(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = ["prometheus-alertmanager", f"--config.file={COMPOSE_CONFIG}", f"--storage.path={tmp_path}",
-            f"--web.listen-address=127.0.0.1:{port}", f"--cluster.listen-address="]
+            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
     with running(argv, tmp_path / "alertmanager.log"):
         wait_http(f"{url}/-/ready")
         common = {"job": "taskmedic-exporter", "instance": "exporter:9863"}
