@@ -91,7 +91,9 @@ def _yaml(data: Any) -> str:
 def rules_file(header: str, groups: list[dict[str, Any]]) -> str:
     comment = "".join(f"# {line}".rstrip() + "\n" for line in header.rstrip("\n").split("\n"))
     body = [{"name": g["name"], "rules": [_rule(r) for r in g["rules"]]} for g in groups]
-    return RULES_HEADER + comment + _yaml({"groups": body})
+    # A blank line between rules, as people write them.
+    return RULES_HEADER + comment + _yaml({"groups": body}).replace("\n  - alert: ", "\n\n  - alert: ").replace(
+        "rules:\n\n", "rules:\n")
 
 
 def dashboards_configmap(dashboards: dict[str, str]) -> str:

@@ -69,6 +69,9 @@
     collectorStaleSeconds: 300,  // raise it if a collector's interval is above 5 minutes
     collectorStaleFor: '5m',
     circuitOpenFor: '1m',
+    // Remediation paused (POST /pause, `taskmedic-remediator pause`) and not resumed: page.
+    pausedTooLongSeconds: 4 * 3600,
+    pausedTooLongFor: '5m',
     webhookErrorsWindow: '15m',
     webhookErrorsFor: '5m',
   },

@@ -138,6 +138,23 @@ local outcomeInLastHour(c, outcomes) =
           ),
           lib.alert(
             c,
+            'TaskmedicRemediationPausedTooLong',
+            // A pause is for a maintenance window or an investigation; one that is forgotten leaves
+            // every incident it would have healed to people who are not being paged for it.
+            |||
+              time() - taskmedic_remediation_paused_since_timestamp_seconds{%(remediatorSelector)s} > %(threshold)s
+            ||| % (c { threshold: lib.secondsExpr(c.pausedTooLongSeconds) }),
+            c.pausedTooLongFor,
+            'warning',
+            'Remediation paused for {{ $labels.scope }} for more than %s' % std.strReplace(lib.duration(c.pausedTooLongSeconds), 'h', ' hours'),
+            |||
+              Remediation on {{ $labels.instance }} has been paused for scope {{ $labels.scope }}
+              (* = every playbook) for {{ $value | humanizeDuration }}. Alerts are journaled but
+              their runs end suppressed.
+            |||,
+          ),
+          lib.alert(
+            c,
             'TaskmedicWebhookErrors',
             // 5xx: the journal database is unreachable (Alertmanager retries);
             // 401/403: Alertmanager's credentials do not match the remediator's auth.
