@@ -115,6 +115,7 @@ def test_people_are_paged_when_healing_did_not_work(config: Path) -> None:
         {"alertname": "TaskmedicRemediationFailing", "severity": "warning", "playbook": "cape-fail-stale-pending"},
         {"alertname": "TaskmedicRemediationRefused", "severity": "warning", "playbook": "cape-fail-stale-pending"},
         {"alertname": "TaskmedicPlaybookCircuitOpen", "severity": "warning", "playbook": "cape-fail-stale-pending"},
+        {"alertname": "TaskmedicRemediationPausedTooLong", "severity": "warning", "scope": "*"},
         {"alertname": "TaskmedicWebhookErrors", "severity": "warning"},
         {"alertname": "TaskmedicRemediatorDown", "severity": "warning"},
         {"alertname": "TaskmedicBackupInvalidNotHealed", "severity": "critical", "backup": "sysreptor"},
