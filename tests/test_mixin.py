@@ -65,6 +65,23 @@ def test_runbook_url_pattern_is_configurable() -> None:
     assert all(u.startswith("https://wiki.example/taskmedic#") for u in urls)
 
 
+def test_dashboard_follows_the_config() -> None:
+    boards = overridden("{ diskFreeCriticalPercent: 15, backupMaxAgeSeconds: 50 * 3600, showMultiCluster: true,"
+                        " exporterSelector: 'job=\"cape-node\"' }", "grafanaDashboards")
+    board = boards["taskmedic-overview.json"]
+    panels = {p["title"]: p for p in board["panels"]}
+    disk = panels["Disk free"]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s["value"] for s in disk] == [None, 0.15, 0.4]
+    backup = panels["Age of the newest valid backup"]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert backup[-1]["value"] == 50 * 3600
+    assert 'taskmedic_tasks{job="cape-node", cluster=~"$cluster"' in panels["Tasks by status"]["targets"][0]["expr"]
+    (cluster,) = [v for v in board["templating"]["list"] if v["name"] == "cluster"]
+    assert cluster["hide"] == 0
+    default = build.evaluate()["dashboards"]["taskmedic-overview.json"]
+    (hidden,) = [v for v in default["templating"]["list"] if v["name"] == "cluster"]
+    assert hidden["hide"] == 2, "no cluster variable shown to single-cluster users"
+
+
 def test_dashboards_configmap_is_for_grafanas_sidecar() -> None:
     configmap = yaml.safe_load(build.DASHBOARDS_CONFIGMAP.read_text(encoding="utf-8"))
     assert configmap["kind"] == "ConfigMap"
