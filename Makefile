@@ -26,6 +26,7 @@ venv: $(BIN)/taskmedic-exporter
 lint: venv
 	$(BIN)/ruff check taskmedic exporter remediator tests deploy
 	$(BIN)/mypy
+	$(BIN)/python -m deploy.mixin.build --check
 
 test: deps venv lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
