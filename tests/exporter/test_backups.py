@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import subprocess
+import sys
 import tarfile
 import time
 import zipfile
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from taskmedic.archive import check_file
+from taskmedic.archive import check_file, check_zip_data
 from tests.conftest import Database
 from tests.exporter.helpers import collect, value
+from tests.services import pg_bindir
 
 
 def make_zip(path: Path, size: int = 200_000, **kw: object) -> Path:
@@ -85,7 +87,7 @@ def test_gzip_tar_and_plain(tmp: Path) -> None:
 def test_real_pg_dump_custom_format(db: Database, tmp: Path) -> None:
     db.sql("create table t as select generate_series(1, 1000) as x")
     out = tmp / "db.dump"
-    subprocess.run(["pg_dump", "-Fc", "-f", str(out), db.dsn], check=True)
+    subprocess.run([f"{pg_bindir()}/pg_dump", "-Fc", "-f", str(out), db.dsn], check=True)
     assert check_file(str(out)) == (True, check_file(str(out))[1])
     assert check_file(str(out))[0]
     garbage = tmp / "bad.dump"
@@ -165,3 +167,101 @@ def test_zip_with_bytes_after_the_end_record_and_a_signature_in_its_comment(tmp:
         z.writestr("a", "b")
         z.comment = b"PK\x05\x06" + b"\xff" * 18  # a fake record whose pointers are nonsense
     assert check_file(str(q))[0]
+
+
+def pg_dump(db: Database, out: Path, *args: str) -> Path:
+    """A real dump: several tables (one with large objects), enough rows for many data chunks."""
+    db.sql("create table if not exists events as select i, md5(i::text) as payload "
+           "from generate_series(1, 60000) as i")
+    db.sql("create table if not exists notes as select i, repeat('note ', i % 50) as body "
+           "from generate_series(1, 3000) as i")
+    db.sql("select lo_from_bytea(0, convert_to(repeat('large object ', 2000), 'UTF8'))")
+    subprocess.run([f"{pg_bindir()}/pg_dump", *args, "-f", str(out), db.dsn], check=True)
+    return out
+
+
+def pg_restore_agrees(path: Path) -> bool:
+    return subprocess.run([f"{pg_bindir()}/pg_restore", "-f", "/dev/null", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def copy_cut(src: Path, dst: Path, keep: int) -> Path:
+    dst.write_bytes(src.read_bytes()[:keep])
+    return dst
+
+
+def test_pg_dump_custom_archive_cut_to_a_third_is_invalid_as_pg_restore_says(db: Database, tmp: Path) -> None:
+    whole = pg_dump(db, tmp / "whole.dump", "-Fc")
+    ok, why = check_file(str(whole))
+    assert ok and "offsets" in why, why
+    assert pg_restore_agrees(whole)
+    size = whole.stat().st_size
+    for keep in (size // 3, size - 5, size - 1):  # a third; the last block's end marker cut off
+        cut = copy_cut(whole, tmp / f"cut-{keep}.dump", keep)
+        ok, why = check_file(str(cut))
+        assert not ok, (keep, why)
+        assert "truncated" in why or "outside the file" in why, why
+        assert not pg_restore_agrees(cut)
+
+
+def test_pg_dump_written_to_a_pipe_is_walked_to_its_end(db: Database, tmp: Path) -> None:
+    pg_dump(db, tmp / "unused.dump", "-Fc")
+    piped = tmp / "piped.dump"
+    with open(piped, "wb") as out:  # `pg_dump -Fc > file` through a pipe: no data offsets in the TOC
+        dump = subprocess.Popen([f"{pg_bindir()}/pg_dump", "-Fc", db.dsn], stdout=subprocess.PIPE)
+        assert dump.stdout is not None
+        subprocess.run(["cat"], stdin=dump.stdout, stdout=out, check=True)
+        assert dump.wait() == 0
+    ok, why = check_file(str(piped))
+    assert ok and "read to the end" in why, why
+    assert pg_restore_agrees(piped)
+    size = piped.stat().st_size
+    for keep in (size // 3, size - 3):
+        cut = copy_cut(piped, tmp / f"piped-{keep}.dump", keep)
+        ok, why = check_file(str(cut))
+        assert not ok and "truncated" in why, (keep, why)
+        assert not pg_restore_agrees(cut)
+
+
+def test_schema_only_custom_dump_is_valid(db: Database, tmp: Path) -> None:
+    schema = pg_dump(db, tmp / "schema.dump", "-Fc", "--schema-only")
+    assert check_file(str(schema))[0], check_file(str(schema))
+    assert pg_restore_agrees(schema)
+
+
+def test_plain_pg_dump_is_valid_only_with_its_completion_line(db: Database, tmp: Path) -> None:
+    plain = pg_dump(db, tmp / "db.sql")
+    ok, why = check_file(str(plain))
+    assert ok, why
+    ok, why = check_file(str(copy_cut(plain, tmp / "half.sql", plain.stat().st_size // 2)))
+    assert not ok and "completion line" in why
+    other = tmp / "mysql.sql"  # a .sql file that is not pg_dump's is judged by being non-empty
+    other.write_text("-- MySQL dump 10.13\nCREATE TABLE t (x int);\n")
+    assert check_file(str(other))[0]
+
+
+def corrupt(path: Path, at: int) -> Path:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return path
+
+
+def zip_test_agrees(path: Path) -> bool:
+    """`python -m zipfile -t` exits 0 either way; it names a corrupted member on stdout."""
+    run = subprocess.run([sys.executable, "-m", "zipfile", "-t", str(path)], capture_output=True, text=True)
+    return run.returncode == 0 and "corrupted" not in run.stdout
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_zip_with_corrupt_data_but_an_intact_central_directory(tmp: Path, compression: int) -> None:
+    good = make_zip(tmp / "good.zip", 300_000, compression=compression)
+    assert check_zip_data(str(good), rate=1e9) == (True, "zip: every member's CRC-32 matches")
+    assert zip_test_agrees(good)
+    bad = corrupt(make_zip(tmp / "bad.zip", 300_000, compression=compression), 100_000)
+    assert check_file(str(bad))[0]  # the structure is intact: only reading the data finds it
+    ok, why = check_zip_data(str(bad), rate=1e9)
+    assert not ok and "backup.jsonl" in why, why
+    assert not zip_test_agrees(bad)
