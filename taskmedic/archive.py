@@ -369,7 +369,7 @@ def file_version(st: os.stat_result) -> Version:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-class _VerdictCache:
+class VerdictCache:
     """path → (version, verdict), least recently checked forgotten first; thread-safe."""
 
     def __init__(self, size: int = 256) -> None:
@@ -390,7 +390,7 @@ class _VerdictCache:
                 del self._entries[next(iter(self._entries))]
 
 
-_structure = _VerdictCache()
+_structure = VerdictCache()
 
 
 def _check_structure(f: BinaryIO, path: str, size: int) -> Verdict:

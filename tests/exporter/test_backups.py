@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
+import json
+import logging
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 import tarfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from exporter.collectors.backups import BackupCollector
+from exporter.runtime import run_once
 from taskmedic.archive import check_file, check_zip_data
+from taskmedic.backups import in_progress
+from taskmedic.config.model import Backup
 from tests.conftest import Database
 from tests.exporter.helpers import collect, value
-from tests.services import pg_bindir
+from tests.services import pg_bindir, tempdir, writer
 
 
 def make_zip(path: Path, size: int = 200_000, **kw: object) -> Path:
@@ -265,3 +275,134 @@ def test_zip_with_corrupt_data_but_an_intact_central_directory(tmp: Path, compre
     ok, why = check_zip_data(str(bad), rate=1e9)
     assert not ok and "backup.jsonl" in why, why
     assert not zip_test_agrees(bad)
+
+
+def backup_set(tmp: Path) -> Path:
+    """A backup directory whose last good backup is a day old."""
+    d = tmp / "backups"
+    d.mkdir()
+    age(make_zip(d / "backup-1.zip"), 86400)
+    return d
+
+
+async def test_a_paused_writer_holding_the_file_open_is_in_progress_not_invalid(tmp: Path) -> None:
+    d = backup_set(tmp)
+    newest = d / "backup-2.zip"
+    cfg = f"backups:\n  sysreptor:\n    path: {d}\n    pattern: '*.zip'\n    in_progress: 1m\n"
+    with writer(newest, b"PK\x03\x04 first chunk"):
+        age(newest, 3600)  # no write for an hour, longer than `in_progress`, the file still open
+        assert in_progress(str(newest), quiet_for=60)
+        r = (await collect(tmp, cfg))["backups:sysreptor"]
+        assert r.up, r.error
+        assert value(r, "taskmedic_backup_in_progress") == 1
+        assert value(r, "taskmedic_backup_valid") == 1  # backup-1's verdict: the open file is not judged
+    # the writer died: the file it left is finished, and broken
+    assert not in_progress(str(newest), quiet_for=60)
+    r = (await collect(tmp, cfg))["backups:sysreptor"]
+    assert value(r, "taskmedic_backup_in_progress") == 0
+    assert value(r, "taskmedic_backup_valid") == 0
+
+
+async def test_a_file_still_growing_between_cycles_is_in_progress(tmp: Path) -> None:
+    d = backup_set(tmp)
+    growing = d / "backup-2.zip"
+    growing.write_bytes(b"PK\x03\x04 first chunk")
+    age(growing, 3600)  # each chunk appended by a process that closes the file in between
+    collector = BackupCollector("sysreptor", Backup(path=str(d), pattern="*.zip", in_progress=60))
+    first = await run_once(collector)
+    assert value(first, "taskmedic_backup_in_progress") == 0  # nothing tells yet: judged, and broken
+    assert value(first, "taskmedic_backup_valid") == 0
+    with open(growing, "ab") as f:
+        f.write(b"second chunk")
+    age(growing, 3000)
+    second = await run_once(collector)
+    assert value(second, "taskmedic_backup_in_progress") == 1
+    assert value(second, "taskmedic_backup_valid") == 1  # the day-old backup is judged meanwhile
+    third = await run_once(collector)  # unchanged since: finished
+    assert value(third, "taskmedic_backup_in_progress") == 0
+    assert value(third, "taskmedic_backup_valid") == 0
+
+
+def as_unprivileged_user(fn: Callable[[], object]) -> object:
+    """`fn()` in a forked child that runs as `nobody` when we are root (root reads any file), its
+    JSON result passed back through a pipe."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                nobody = pwd.getpwnam("nobody")
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+            os.write(write_end, json.dumps(fn()).encode())
+            code = 0
+        except BaseException as e:
+            os.write(write_end, json.dumps({"child failed": repr(e)}).encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        result = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    return result
+
+
+def test_an_unreadable_newest_file_is_invalid_and_the_collector_stays_up() -> None:
+    d = tempdir("taskmedic-unreadable-")  # /tmp/pytest-of-root is closed to other users
+    try:
+        age(make_zip(d / "backup-1.zip"), 86400)
+        newest = make_zip(d / "backup-2.zip")
+        age(newest, 3600)
+        newest.chmod(0)
+        conf = d / "conf"
+        conf.mkdir()
+        conf.chmod(0o777)
+        cfg = f"backups:\n  sysreptor:\n    path: {d}\n    pattern: '*.zip'\n"
+
+        def judge() -> object:
+            logged: list[str] = []
+            handler = logging.Handler()
+            handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+            logging.getLogger("taskmedic").addHandler(handler)
+            r = asyncio.run(collect(conf, cfg))["backups:sysreptor"]
+            return [r.up, value(r, "taskmedic_backup_valid"), value(r, "taskmedic_backup_files"),
+                    value(r, "taskmedic_backup_last_valid_timestamp_seconds"), logged]
+
+        result = as_unprivileged_user(judge)
+        assert isinstance(result, list), result
+        up, valid, files, last_valid, logged = result
+        assert (up, valid, files) == (True, 0, 2)
+        assert last_valid == pytest.approx((d / "backup-1.zip").stat().st_mtime)
+        assert f"backup sysreptor: {newest} is invalid: unreadable: Permission denied" in logged
+    finally:
+        shutil.rmtree(d)
+
+
+async def test_verify_data_finds_a_corrupt_member_after_the_first_full_pass(tmp: Path) -> None:
+    sets = {}
+    for name, damaged in (("broken", True), ("sound", False)):
+        d = tmp / name
+        d.mkdir()
+        newest = make_zip(d / "backup.zip", 400_000)
+        if damaged:
+            corrupt(newest, 150_000)  # inside the member's data; the central directory is intact
+        age(newest, 3600)
+        sets[name] = BackupCollector(name, Backup(path=str(d), pattern="*.zip", verify_data=True,
+                                                  verify_bytes_per_second=4 * 2**20))
+    for collector in sets.values():
+        first = await run_once(collector)
+        assert first.up, first.error
+        # until its first full pass has finished, the structural verdict stands
+        assert (value(first, "taskmedic_backup_data_verified"), value(first, "taskmedic_backup_valid")) == (0, 1)
+    results = {}
+    deadline = time.monotonic() + 60
+    while len(results) < 2 and time.monotonic() < deadline:
+        for name, collector in sets.items():
+            r = await run_once(collector)
+            if value(r, "taskmedic_backup_data_verified") == 1:
+                results[name] = value(r, "taskmedic_backup_valid")
+        await asyncio.sleep(0.1)
+    assert results == {"broken": 0, "sound": 1}
