@@ -66,8 +66,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            f"plain dump completion line), 0 when not or unreadable. {_BACKUP}", ("backup",)),
     Family("taskmedic_backup_in_progress", "1 while a backup file is being written (open for writing by a "
            f"process, or modified recently or since the last check). {_BACKUP}", ("backup",)),
-    Family("taskmedic_backup_data_verified", "1 when the full data test (verify_data) of the newest finished "
-           f"file has finished and counts in taskmedic_backup_valid, else 0. {_BACKUP}", ("backup",)),
+    Family("taskmedic_backup_data_verified", "1 when the newest finished file has been read through (gzip "
+           "stream, pg_dump data blocks, zip member CRCs with verify_data) and that counts in "
+           f"taskmedic_backup_valid; 0 until then. {_BACKUP}", ("backup",)),
     Family("taskmedic_backup_files", f"Number of files matching the backup pattern. {_BACKUP}", ("backup",)),
     Family("taskmedic_collector_up", f"1 when the collector's last run succeeded. {_SELF}", ("collector",)),
     Family("taskmedic_collector_duration_seconds", f"Duration of the collector's last run. {_SELF}",

@@ -1,26 +1,28 @@
-"""Is a backup file complete? Judged from its structure, reading O(1) bytes where possible.
+"""Is a backup file complete? Two levels: `check_structure` reads a few parts of the file,
+`check_stream` reads it through (under an I/O budget); `check_file` is the first, else the second.
 
 - zip: the end-of-central-directory record (and ZIP64 record) at the tail must be present and
   point at a central directory that starts with its signature. A zip whose writer died before
-  the central directory was flushed (the SysReptor case) fails here, whatever its size.
+  the central directory was flushed (the SysReptor case) fails here, whatever its size. Read
+  through (optional, the `verify_data` of a backup set): every member decompressed and its
+  CRC-32 compared, what `python -m zipfile -t` does.
 - tar: an archive ends with two 512-byte zero blocks.
-- gzip (and .tar.gz): magic at the head; the stream is verified once by a streaming
-  decompress (constant memory) and the verdict is cached by (size, mtime).
+- gzip (and .tar.gz): only reading through tells: a streaming decompress (constant memory).
 - pg_dump custom format (-Fc): the header and table of contents parsed as pg_restore reads them
   (PostgreSQL's pg_backup_archiver.c ReadHead/ReadToc, pg_backup_custom.c). pg_dump writes the
   TOC first without data offsets and, when the output is seekable, rewrites it with them at the
-  end: then every offset must lie inside the file, each must start the block of its entry, and
-  the last block must run to its end marker. Without offsets (written to a pipe, or cut before
-  the rewrite) every block is walked from the TOC to the end of the file.
+  end: then every offset must lie inside the file and start the block of its entry (structure),
+  and the last block must run to its end marker (read through). Without offsets (written to a
+  pipe, or cut before the rewrite) every block is walked from the TOC to the end of the file.
 - pg_dump plain format: ends with pg_dump's `-- PostgreSQL database dump complete` line.
-- zip data (optional, `check_zip_data`): every member decompressed and its CRC-32 compared,
-  reading under an I/O budget; slow, so callers run it once per file version in the background.
 
 Verdicts are cached per file version (inode, size, mtime): a file is read once until it changes.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import re
 import struct
@@ -29,11 +31,12 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Generic, Literal, TypeVar
 
 Verdict = tuple[bool, str]
 Kind = Literal["zip", "gzip", "tar", "pgdump", "sql", "unknown"]
 Version = tuple[int, int, int]  # (inode, size, mtime in ns): a file changed when this did
+T = TypeVar("T")
 
 _EOCD = b"PK\x05\x06"
 _ZIP64_LOCATOR = b"PK\x06\x07"
@@ -323,8 +326,8 @@ def _walk_blocks(r: _ArchiveReader, start: int, wanted: set[int]) -> Verdict:
     return True, "pg_dump: custom format, every data block whole (no offsets: read to the end)"
 
 
-def _check_offsets(r: _ArchiveReader, start: int, entries: list[tuple[int, int, int]]) -> Verdict:
-    last_id, last_at = 0, -1
+def _check_offsets(r: _ArchiveReader, start: int, entries: list[tuple[int, int, int]]) -> Verdict | None:
+    """Every offset inside the file, at the block of its entry; None when that holds."""
     for dump_id, _, at in entries:
         if not start <= at < r.size:
             return False, (f"pg_dump: data of TOC entry {dump_id} at byte {at} lies outside the file "
@@ -333,15 +336,21 @@ def _check_offsets(r: _ArchiveReader, start: int, entries: list[tuple[int, int, 
         header = _block_header(r)
         if header is None or header[1] != dump_id:
             return False, f"pg_dump: no block of TOC entry {dump_id} where its offset points"
-        if at > last_at:
-            last_id, last_at = dump_id, at
+    return None
+
+
+def _check_last_block(r: _ArchiveReader, entries: list[tuple[int, int, int]]) -> Verdict:
+    last_id, _, last_at = max(entries, key=lambda e: e[2])
     r.f.seek(last_at)
     kind, _ = _block_header(r) or (0, 0)
     _skip_block(r, kind, last_id)
     return True, "pg_dump: custom format, data offsets inside the file, last block whole"
 
 
-def check_pgdump(f: BinaryIO, size: int) -> Verdict:
+def check_pgdump(f: BinaryIO, size: int, full: bool = True) -> Verdict | None:
+    """With `full`, the verdict. Without, only what the header and TOC tell (and the offsets,
+    when there are some): a verdict when that suffices, else None — the rest (the last block, or
+    every block) is a read through the data."""
     r = _ArchiveReader(f, size)
     try:
         f.seek(0)
@@ -349,8 +358,15 @@ def check_pgdump(f: BinaryIO, size: int) -> Verdict:
             return True, f"pg_dump: {newer}"
         entries = [e for e in _read_toc(r) if e[1] != _OFFSET_NO_DATA]
         start = f.tell()
-        if entries and all(flag == _OFFSET_SET for _, flag, _ in entries):
-            return _check_offsets(r, start, entries)
+        if not entries:
+            return True, "pg_dump: custom format, header and TOC complete, no data blocks"
+        offsets = all(flag == _OFFSET_SET for _, flag, _ in entries)
+        if offsets and (broken := _check_offsets(r, start, entries)) is not None:
+            return broken
+        if not full:
+            return None
+        if offsets:
+            return _check_last_block(r, entries)
         return _walk_blocks(r, start, {dump_id for dump_id, _, _ in entries})
     except _Broken as e:
         return False, f"pg_dump: {e}"
@@ -369,31 +385,32 @@ def file_version(st: os.stat_result) -> Version:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-class VerdictCache:
-    """path → (version, verdict), least recently checked forgotten first; thread-safe."""
+class VersionCache(Generic[T]):
+    """path → (version, value), least recently stored forgotten first; thread-safe."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
-        self._entries: dict[str, tuple[Version, Verdict]] = {}
+        self._entries: dict[str, tuple[Version, T]] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: str, version: Version) -> Verdict | None:
+    def get(self, path: str, version: Version) -> T | None:
         with self._lock:
             hit = self._entries.get(path)
             return hit[1] if hit is not None and hit[0] == version else None
 
-    def put(self, path: str, version: Version, verdict: Verdict) -> None:
+    def put(self, path: str, version: Version, value: T) -> None:
         with self._lock:
             self._entries.pop(path, None)
-            self._entries[path] = (version, verdict)
+            self._entries[path] = (version, value)
             while len(self._entries) > self.size:
                 del self._entries[next(iter(self._entries))]
 
 
-_structure = VerdictCache()
+_quick: VersionCache[tuple[Verdict | None]] = VersionCache()
+_full: VersionCache[Verdict] = VersionCache()
 
 
-def _check_structure(f: BinaryIO, path: str, size: int) -> Verdict:
+def _quick_verdict(f: BinaryIO, path: str, size: int) -> Verdict | None:
     head = f.read(512)
     kind = sniff(head)
     promised = expected_kind(path)
@@ -404,11 +421,11 @@ def _check_structure(f: BinaryIO, path: str, size: int) -> Verdict:
     if kind == "tar":
         return check_tar(f, size)
     if kind == "pgdump":
-        return check_pgdump(f, size)
+        return check_pgdump(f, size, full=False)
     if kind == "sql":
         return check_plain_dump(f, size)
     if kind == "gzip":
-        return check_gzip_stream(f)
+        return None
     if size == 0:
         return False, "empty file"
     if promised != "unknown":
@@ -416,73 +433,123 @@ def _check_structure(f: BinaryIO, path: str, size: int) -> Verdict:
     return True, "unknown format: non-empty"
 
 
-def check_file(path: str) -> Verdict:
-    """The structural verdict for one finished file, read once per version of the file; unknown
-    formats are judged by being non-empty. Raises OSError when the file cannot be read."""
+def check_structure(path: str) -> Verdict | None:
+    """What reading a few parts of the file tells (the tail of a zip or tar, a pg_dump's TOC and
+    offsets, a plain dump's last lines), or None when only reading it through can tell (gzip, and
+    the data blocks of a pg_dump archive): then `check_stream`. Once per version of the file;
+    raises OSError when the file cannot be read."""
     with open(path, "rb") as f:
         version = file_version(os.fstat(f.fileno()))
-        verdict = _structure.get(path, version)
-        if verdict is None:
-            verdict = _check_structure(f, path, version[1])
-            _structure.put(path, version, verdict)
-        return verdict
+        known = _quick.get(path, version)
+        if known is None:
+            known = (_quick_verdict(f, path, version[1]),)
+            _quick.put(path, version, known)
+        return known[0]
+
+
+def check_file(path: str) -> Verdict:
+    """The verdict for one finished file: `check_structure`, else `check_stream` without an I/O
+    budget (both once per version of the file). Unknown formats are judged by being non-empty."""
+    quick = check_structure(path)
+    if quick is not None:
+        return quick
+    version = file_version(os.stat(path))
+    verdict = _full.get(path, version)
+    if verdict is None:
+        verdict = check_stream(path)
+        _full.put(path, version, verdict)
+    return verdict
 
 
 class Stopped(Exception):
-    """A data test given up because its caller no longer wants it (a newer file arrived)."""
+    """A full read given up because its caller no longer wants it (a newer file arrived)."""
 
 
-class _Budgeted:
-    """A read-only file whose reads are paced to `rate` bytes per second on average, so a full
-    data test of a 6 GB backup never takes the disk from the services on the same host."""
+class _Budgeted(io.RawIOBase):
+    """A read-only file whose reads from disk are paced to `rate` bytes per second on average, so
+    reading a 6 GB backup through never takes the disk from the services on the same host."""
 
-    def __init__(self, raw: BinaryIO, rate: float, stop: Callable[[], bool]) -> None:
-        self.raw, self.rate, self.stop = raw, rate, stop
+    def __init__(self, path: str, rate: float, stop: Callable[[], bool]) -> None:
+        super().__init__()
+        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self.rate, self.stop = rate, stop
         self.started, self.done = time.monotonic(), 0
 
-    def read(self, n: int = -1) -> bytes:
-        if self.stop():
-            raise Stopped
-        data = self.raw.read(n)
-        self.done += len(data)
-        ahead = self.started + self.done / self.rate - time.monotonic()
-        if ahead > 0:
-            time.sleep(ahead)
-        return data
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return self.raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.raw.tell()
+    def readable(self) -> bool:
+        return True
 
     def seekable(self) -> bool:
         return True
 
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.file.seek(offset, whence)
 
-def check_zip_data(path: str, rate: float, stop: Callable[[], bool] = lambda: False) -> Verdict:
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def readinto(self, buffer: Any) -> int:
+        if self.stop():
+            raise Stopped
+        n = self.file.readinto(buffer) or 0
+        self.done += n
+        ahead = self.started + self.done / self.rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+        return n
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def _never() -> bool:
+    return False
+
+
+def check_stream(path: str, rate: float = math.inf, stop: Callable[[], bool] = _never) -> Verdict:
+    """The verdict of reading the file through, at most `rate` bytes per second: a gzip stream
+    decompressed, every data block of a pg_dump archive, every zip member CRC-checked; other
+    formats as `check_structure` judges them. Raises Stopped when `stop()` turns true."""
+    with io.BufferedReader(_Budgeted(path, rate, stop), 1 << 20) as f:
+        size = os.fstat(f.fileno()).st_size
+        kind = sniff(f.read(512))
+        if kind == "zip":
+            return check_zip_data(f)
+        if kind == "gzip":
+            return check_gzip_stream(f)
+        if kind == "pgdump":
+            verdict = check_pgdump(f, size)
+            assert verdict is not None
+            return verdict
+        f.seek(0)
+        return _quick_verdict(f, path, size) or (True, "")
+
+
+def check_zip_data(f: BinaryIO) -> Verdict:
     """What `python -m zipfile -t` does: every member decompressed and its CRC-32 compared, in
-    constant memory, reading at most `rate` bytes per second. Members that cannot be read without
-    a password or with a compression zipfile lacks are left out and named in the verdict."""
+    constant memory. Members that cannot be read without a password or with a compression
+    zipfile lacks are left out and named in the verdict."""
     skipped: list[str] = []
     name = ""
-    with open(path, "rb") as raw:
-        try:
-            with zipfile.ZipFile(_Budgeted(raw, rate, stop)) as archive:
-                for info in archive.infolist():
-                    name = info.filename
-                    if info.is_dir():
-                        continue
-                    try:
-                        member = archive.open(info)
-                    except (RuntimeError, NotImplementedError):  # encrypted, unknown compression
-                        skipped.append(name)
-                        continue
-                    with member:
-                        while member.read(1 << 20):
-                            pass
-        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
-            return False, f"zip: member {name!r}: {e}" if name else f"zip: {e}"
+    try:
+        with zipfile.ZipFile(f) as archive:
+            for info in archive.infolist():
+                name = info.filename
+                if info.is_dir():
+                    continue
+                try:
+                    member = archive.open(info)
+                except (RuntimeError, NotImplementedError):  # encrypted, unknown compression
+                    skipped.append(name)
+                    continue
+                with member:
+                    while member.read(1 << 20):
+                        pass
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
+        return False, f"zip: member {name!r}: {e}" if name else f"zip: {e}"
     if skipped:
         return True, f"zip: every member's CRC-32 matches; {len(skipped)} not testable (e.g. {skipped[0]!r})"
     return True, "zip: every member's CRC-32 matches"

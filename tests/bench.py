@@ -247,10 +247,10 @@ def bench_zip(tmp: Path, gigabytes: float) -> dict[str, float]:
 
 _CHILD = """
 import json, re, sys, time
-from taskmedic.archive import check_file, check_zip_data
+from taskmedic.archive import check_file, check_stream
 what, path, rate = sys.argv[1], sys.argv[2], float(sys.argv[3])
 t0 = time.perf_counter()
-verdict = check_file(path) if what == "structure" else check_zip_data(path, rate) if what == "data" else (True, "")
+verdict = check_file(path) if what == "structure" else check_stream(path, rate) if what == "data" else (True, "")
 elapsed = time.perf_counter() - t0
 with open("/proc/self/status") as status:  # VmHWM: this image's peak RSS (getrusage's survives exec)
     peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", status.read()).group(1))
@@ -301,7 +301,7 @@ def zip_data_report(z: Mapping[str, float]) -> tuple[str, str]:
            f"**{z['budgeted_mib_s']:.1f} MiB/s** ({z['budgeted_s']:.1f} s), peak RSS {z['budgeted_rss_mb']:.1f} MB "
            f"(interpreter alone {z['interpreter_rss_mb']:.1f} MB) | budget honoured; constant memory |")
     how = ("- Zip data test: a STORED ZIP64 archive of random data written by Python's zipfile, checked in a fresh "
-           "interpreter each time (peak RSS: its `VmHWM`): `check_file` (tail only), then `check_zip_data` (every "
+           "interpreter each time (peak RSS: its `VmHWM`): `check_file` (tail only), then `check_stream` (every "
            "member decompressed and CRC-checked, 1 MiB reads) without a budget and with one; the effective rate is "
            "the file's size over the pass's duration.")
     return row, how

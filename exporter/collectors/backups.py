@@ -2,8 +2,9 @@
 
 Files being written are not judged: the newest finished one is. A file the exporter cannot read
 is judged invalid with the reason, so the set's collector stays up and TaskmedicBackupInvalid can
-fire. With `verify_data`, the judged zip's members are also CRC-checked by a background thread
-under the set's I/O budget; until that pass has finished the structural verdict stands.
+fire. What only reading a file through can tell (a gzip stream, a pg_dump archive's data blocks,
+and with `verify_data` a zip's member CRCs) is read by a background thread under the set's I/O
+budget, once per file version; until that read has finished the structural verdict stands.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from dataclasses import dataclass, field
 from exporter.collectors.base import BlockingCalls
 from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
-from taskmedic.archive import Stopped, Verdict, VerdictCache, Version, check_file, check_zip_data, file_version, sniff
+from taskmedic.archive import (
+    Stopped,
+    Verdict,
+    Version,
+    VersionCache,
+    check_file,
+    check_stream,
+    check_structure,
+    file_version,
+    sniff,
+)
 from taskmedic.backups import open_for_writing
 from taskmedic.config.model import Backup
 from taskmedic.connections import Connections
@@ -39,7 +50,7 @@ class BackupState:
     reason: str
     last_valid_mtime: float
     judged: str = ""  # the newest finished file, whose verdict `valid` is
-    data_verified: bool = False  # its full data test has finished and counts in `valid`
+    data_verified: bool = False  # it has been read through and that counts in `valid`
     versions: Mapping[str, Version] = field(default_factory=dict)  # what the next cycle compares with
 
 
@@ -61,15 +72,15 @@ def _is_zip(path: str) -> bool:
         return sniff(f.read(512)) == "zip"
 
 
-class DataVerifier:
-    """The full data test of a set's judged zip, in a daemon thread of its own, one file at a time
-    under the set's I/O budget: a 6 GB backup takes minutes, far longer than a collection. Each
-    collection asks for the verdict on the file version it judges and gets None until the pass
-    over that version is done; a pass over a file no longer asked for is abandoned."""
+class FullReads:
+    """Reads a set's judged file through, in a daemon thread of its own, one file at a time under
+    the set's I/O budget: a 6 GB backup takes minutes, far longer than a collection. Each
+    collection asks for the verdict on the file version it judges and gets None until the read
+    of that version is done; a read of a file no longer asked for is abandoned."""
 
     def __init__(self, bytes_per_second: float) -> None:
         self.rate = bytes_per_second
-        self._done = VerdictCache(16)
+        self._done: VersionCache[Verdict] = VersionCache(16)
         self._wanted: tuple[str, Version] | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -82,7 +93,7 @@ class DataVerifier:
         with self._lock:
             self._wanted = (path, version)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="taskmedic-backup-data", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="taskmedic-backup-read", daemon=True)
                 self._thread.start()
         self._wake.set()
         return None
@@ -94,11 +105,11 @@ class DataVerifier:
             with self._lock:
                 job = self._wanted
             if job is not None and self._done.get(*job) is None:
-                self._test(*job)
+                self._read(*job)
 
-    def _test(self, path: str, version: Version) -> None:
+    def _read(self, path: str, version: Version) -> None:
         try:
-            verdict = check_zip_data(path, self.rate, stop=lambda: self._wanted != (path, version))
+            verdict = check_stream(path, self.rate, stop=lambda: self._wanted != (path, version))
             if file_version(os.stat(path)) != version:
                 return  # changed while it was read: the next collection asks again
         except Stopped:
@@ -108,21 +119,27 @@ class DataVerifier:
         self._done.put(path, version, verdict)
 
 
-def _judge(path: str, version: Version, verifier: DataVerifier | None) -> tuple[bool, str, bool]:
-    """(valid, reason, data verified) of one finished file; an unreadable one is invalid."""
+def _judge(path: str, version: Version, reads: FullReads | None, verify_data: bool) -> tuple[bool, str, bool]:
+    """(valid, reason, read through) of the judged file. Without `reads` (an older file, looked
+    at only to find the last valid one), a file that must be read through is read at once."""
     try:
-        ok, why = check_file(path)
-        if ok and verifier is not None and _is_zip(path):
-            data = verifier.verdict(path, version)
-            if data is not None:
-                return data[0], data[1], True
+        quick = check_structure(path)
+        if quick is not None and not (quick[0] and verify_data and _is_zip(path)):
+            return quick[0], quick[1], False
+        if reads is None:
+            return (*check_file(path), False) if quick is None else (*quick, False)
+        read = reads.verdict(path, version)
     except OSError as e:  # permission denied, vanished, I/O error
         return False, f"unreadable: {e.strerror or e}", False
-    return ok, why, False
+    if read is not None:
+        return read[0], read[1], True
+    if quick is not None:
+        return quick[0], quick[1], False
+    return True, "header intact; not yet read through", False
 
 
 def inspect(backup: Backup, now: float, before: Mapping[str, Version],
-            verifier: DataVerifier | None = None) -> BackupState:
+            reads: FullReads | None = None) -> BackupState:
     """Blocking filesystem work; runs in a thread. `before` is the previous cycle's versions."""
     if not os.path.isdir(backup.path):
         raise FileNotFoundError(f"backup directory {backup.path} does not exist")
@@ -139,7 +156,7 @@ def inspect(backup: Backup, now: float, before: Mapping[str, Version],
     finished = [(st, p) for st, p in stats if not still_written(st, p)]
     valid, reason, judged, verified, last_valid = False, "no finished backup yet", "", False, 0.0
     for i, (st, p) in enumerate(finished):
-        ok, why, data_checked = _judge(p, versions[p], verifier if i == 0 else None)
+        ok, why, data_checked = _judge(p, versions[p], reads if i == 0 else None, backup.verify_data)
         if i == 0:
             valid, reason, judged, verified = ok, why, p, data_checked
         if ok:
@@ -155,13 +172,12 @@ class BackupCollector:
     label: str
     backup: Backup
     _blocking: BlockingCalls = field(default_factory=BlockingCalls, init=False, repr=False)
-    _verifier: DataVerifier | None = field(default=None, init=False, repr=False)
+    _reads: FullReads = field(init=False, repr=False)
     _before: Mapping[str, Version] = field(default_factory=dict, init=False, repr=False)
     _reported: tuple[str, str] = field(default=("", ""), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.backup.verify_data:
-            self._verifier = DataVerifier(self.backup.verify_bytes_per_second)
+        self._reads = FullReads(self.backup.verify_bytes_per_second)
 
     @property
     def name(self) -> str:
@@ -176,7 +192,7 @@ class BackupCollector:
         return self.backup.timeout
 
     async def collect(self) -> list[Sample]:
-        state = await self._blocking.run(inspect, self.backup, time.time(), self._before, self._verifier)
+        state = await self._blocking.run(inspect, self.backup, time.time(), self._before, self._reads)
         self._before = state.versions
         self._log_verdict(state)
         b = self.label
