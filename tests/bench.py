@@ -219,14 +219,19 @@ def bench_redis(tmp: Path, server: RedisServer, queues: int = 1000) -> dict[str,
     return {"median_ms": statistics.median(durations) * 1000, "max_ms": max(durations) * 1000}
 
 
-def bench_zip(tmp: Path, gigabytes: float) -> dict[str, float]:
-    path = tmp / "big.zip"
+def write_big_zip(path: Path, gigabytes: float) -> Path:
+    """A STORED ZIP64 archive of random data, as large as asked."""
     chunk = os.urandom(1 << 20)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
         with z.open("backup.jsonl", "w", force_zip64=True) as f:
             for _ in range(int(gigabytes * 1024)):
                 f.write(chunk)
         z.writestr("stats.json", "{}")
+    return path
+
+
+def bench_zip(tmp: Path, gigabytes: float) -> dict[str, float]:
+    path = write_big_zip(tmp / "big.zip", gigabytes)
     size = path.stat().st_size
     import tracemalloc
 
@@ -269,13 +274,7 @@ def bench_zip_data(tmp: Path, gigabytes: float, budget_mib: float) -> dict[str, 
     """Structural check vs the full CRC pass of `verify_data` on the same zip (the file is in the
     page cache after writing it, so the unbudgeted pass measures CPU, not the disk), and the
     budgeted pass's effective read rate against its budget."""
-    path = tmp / "data.zip"
-    chunk = os.urandom(1 << 20)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
-        with z.open("backup.jsonl", "w", force_zip64=True) as f:
-            for _ in range(int(gigabytes * 1024)):
-                f.write(chunk)
-        z.writestr("stats.json", "{}")
+    path = write_big_zip(tmp / "data.zip", gigabytes)
     size = path.stat().st_size
     try:
         idle = _zip_check_in_child("none", path, 1)
