@@ -119,6 +119,20 @@ class FullReads:
         self._done.put(path, version, verdict)
 
 
+# One per backup set and budget, kept across configuration reloads: a reload builds new collectors,
+# and their reads (a thread each, perhaps mid-way through a 6 GB file) carry on instead of piling up.
+_reads_by_set: dict[tuple[str, str, int], FullReads] = {}
+_reads_lock = threading.Lock()
+
+
+def _reads_for(label: str, backup: Backup) -> FullReads:
+    with _reads_lock:
+        key = (label, backup.path, backup.verify_bytes_per_second)
+        if key not in _reads_by_set:
+            _reads_by_set[key] = FullReads(backup.verify_bytes_per_second)
+        return _reads_by_set[key]
+
+
 def _judge(path: str, version: Version, reads: FullReads | None, verify_data: bool) -> tuple[bool, str, bool]:
     """(valid, reason, read through) of the judged file. Without `reads` (an older file, looked
     at only to find the last valid one), a file that must be read through is read at once."""
@@ -177,7 +191,7 @@ class BackupCollector:
     _reported: tuple[str, str] = field(default=("", ""), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._reads = FullReads(self.backup.verify_bytes_per_second)
+        self._reads = _reads_for(self.label, self.backup)
 
     @property
     def name(self) -> str:

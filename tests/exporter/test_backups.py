@@ -431,3 +431,6 @@ async def test_cut_pg_dump_archives_in_a_backup_set(db: Database, tmp: Path) -> 
     assert (value(first, "taskmedic_backup_valid"), value(first, "taskmedic_backup_data_verified")) == (0, 0)
     # no offsets: only reading the blocks to the end tells, in the background
     assert await valid_once_read_through(collectors["pipe"]) == 0
+    # a configuration reload builds new collectors: the file is not read again
+    reloaded = await run_once(BackupCollector("pipe", collectors["pipe"].backup))
+    assert (value(reloaded, "taskmedic_backup_valid"), value(reloaded, "taskmedic_backup_data_verified")) == (0, 1)
