@@ -9,8 +9,10 @@ local lib = import '../lib.libsonnet';
         file:: 'backups.rules.yml',
         header:: |||
           Backup directories (e.g. SysReptor's). The exporter judges the newest finished file: its
-          size, modification time and validity (zip end-of-central-directory, gzip/tar.gz, pg_dump
-          custom header); a file still being written (taskmedic_backup_in_progress 1) is not judged yet.
+          size, modification time and validity (zip end-of-central-directory and optionally member CRCs,
+          gzip/tar.gz, pg_dump custom TOC and data blocks, plain dump completion line; an unreadable file
+          is invalid); a file still being written (open for writing, or changing: taskmedic_backup_in_progress
+          1) is not judged yet.
           It also exports the size of the previous file and the modification time of the newest file
           that checked valid (taskmedic_backup_last_valid_timestamp_seconds, 0 when there is none).
 
