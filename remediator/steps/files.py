@@ -36,6 +36,7 @@ from pydantic import Field, model_validator
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepStopped, StepType, first_value
 from remediator.templating import Template
 from taskmedic.archive import check_file
+from taskmedic.backups import in_progress
 from taskmedic.config.model import Duration, Model
 from taskmedic.disks import free_space
 
@@ -136,8 +137,10 @@ def _candidates(spec: FilesSpec, root: str, root_fd: int, ctx: RunContext) -> li
     cutoff = time.time() - spec.older_than
     chosen = [e for e in entries if e is not None and e.st.st_mtime <= cutoff]
     if spec.invalid_only:
-        # The archive checks read by path (read-only); the act below requires the same inode.
+        # A file still being written is never judged, nor touched. The archive checks read by
+        # path (read-only); the act below requires the same inode as checked here.
         chosen = [e for e in chosen if stat.S_ISREG(e.st.st_mode)
+                  and not in_progress(os.path.join(root, e.name), spec.older_than)
                   and not check_file(os.path.join(root, e.name))[0]]
     return sorted(chosen, key=lambda e: e.st.st_mtime)
 
