@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from exporter.server import make_app
 
     listen = args.listen or commandline.parse_listen(config.exporter.listen)
-    return commandline.serve(lambda: make_app(config), listen, "exporter")
+    return commandline.serve(lambda: make_app(config), listen, "exporter", config.exporter.http)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from remediator.server import make_app
 
     listen = args.listen or commandline.parse_listen(setup.settings.listen)
-    return commandline.serve(lambda: make_app(setup), listen, "remediator")
+    return commandline.serve(lambda: make_app(setup), listen, "remediator", setup.settings.http)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from taskmedic import logs
+from taskmedic import listening, logs
 from taskmedic.config.loader import ConfigError
+from taskmedic.config.model import HttpLimits
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -58,16 +59,19 @@ def report_config_error(err: ConfigError) -> int:
     return EXIT_INVALID
 
 
-def serve(make_app: Callable[[], web.Application], listen: tuple[str, int], name: str) -> int:
-    """Run an aiohttp app until SIGTERM/SIGINT; cleanup contexts close everything."""
+def serve(make_app: Callable[[], web.Application], listen: tuple[str, int], name: str,
+          limits: HttpLimits) -> int:
+    """Run an aiohttp app until SIGTERM/SIGINT, within `limits`; cleanup contexts close everything."""
     log = logging.getLogger(f"taskmedic.{name}")
 
     async def main() -> None:
-        app = make_app()
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        runner = listening.runner(make_app(), limits)
         await runner.setup()
-        site = web.TCPSite(runner, listen[0], listen[1])
-        await site.start()
+        try:
+            server = await listening.listen(runner, listen[0], listen[1], limits, log)
+        except BaseException:
+            await runner.cleanup()
+            raise
         log.info("listening", extra={"address": f"{listen[0]}:{listen[1]}"})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -75,6 +79,7 @@ def serve(make_app: Callable[[], web.Application], listen: tuple[str, int], name
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
+        server.close()
         await runner.cleanup()
 
     try:
