@@ -24,6 +24,7 @@ from remediator.webhook import Credentials, InvalidPayload, Payload, parse
 from remediator.worker import Worker
 from taskmedic import __version__
 from taskmedic.connections import Connections
+from taskmedic.listening import BodyTimeout
 
 log = logging.getLogger("taskmedic.remediator.webhook")
 
@@ -74,6 +75,8 @@ async def receive(state: State, request: web.Request) -> web.Response:
         payload = parse(await request.read())
     except web.HTTPRequestEntityTooLarge:
         return _answer(state, 413, {"error": f"body larger than {limit} bytes"})
+    except BodyTimeout as e:  # the connection is closed already; counted, never delivered
+        return _answer(state, 408, {"error": e.text})
     except InvalidPayload as e:
         return _answer(state, 400, {"error": "invalid Alertmanager webhook payload", "problems": e.problems})
     runs, unmatched = _match(state, payload)
@@ -100,9 +103,12 @@ def _json_error(error: type[web.HTTPException], message: str) -> web.HTTPExcepti
     return error(text=json.dumps({"error": message}), content_type="application/json")
 
 
+def _authenticated(request: web.Request) -> bool:
+    return request.app[STATE].credentials.allows(request.headers.get("Authorization"))
+
+
 def _authorized(request: web.Request) -> None:
-    state = request.app[STATE]
-    if state.setup.settings.auth.protect_runs and not state.credentials.allows(request.headers.get("Authorization")):
+    if request.app[STATE].setup.settings.auth.protect_runs and not _authenticated(request):
         raise _json_error(web.HTTPUnauthorized, "unauthorized")
 
 
@@ -147,20 +153,27 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Status for anyone (probes); which playbooks, replica and version only with the webhook credentials."""
+    if not _authenticated(request):
+        return web.json_response({"status": "ok"})
     setup = request.app[STATE].setup
     return web.json_response({"status": "ok", "version": __version__, "replica": setup.settings.replica_name,
                               "playbooks": [p.name for p in setup.playbooks], "dry_run": setup.settings.dry_run})
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Status for anyone; why not ready (loop names, the journal's error with its user@host) only
+    with the webhook credentials."""
+    details = _authenticated(request)
     worker = request.app[STATE].worker
     stopped = worker.stopped_loops() if worker is not None else []
     if stopped:
-        return web.json_response({"status": "worker stopped", "loops": stopped}, status=503)
+        return web.json_response({"status": "worker stopped", **({"loops": stopped} if details else {})}, status=503)
     try:
         await request.app[STATE].journal.ping()
     except JournalUnavailable as e:
-        return web.json_response({"status": "journal unavailable", "error": str(e)}, status=503)
+        return web.json_response({"status": "journal unavailable", **({"error": str(e)} if details else {})},
+                                 status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -180,9 +193,10 @@ def make_app(setup: Setup, run_worker: bool = True) -> web.Application:
     async def running(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]
         connections = Connections("taskmedic-remediator", settings.statement_timeout)
-        if not state.credentials.required:
-            log.warning("no webhook auth configured: anyone who can reach POST /alerts can trigger playbooks, "
-                        "and GET /runs (the audit trail: alert labels, rendered parameters, command output) is open")
+        if settings.auth.unauthenticated:
+            log.warning("auth: none: anyone who can reach POST /alerts can trigger playbooks, and GET /runs "
+                        "(the audit trail: alert labels, rendered parameters, command output), /healthz and "
+                        "/readyz details are open too")
         if run_worker:
             engine = Engine(setup.config.systems, connections, settings.statement_timeout)
             state.worker = Worker(setup, journal, engine, state.metrics)
