@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from tests.services import free_port, wait_http
+from tests.services import free_port, running, wait_http
 from tests.sockets import all_closed, get, half_sent
 
 
@@ -32,18 +31,9 @@ def exporter(tmp: Path, config: Path, nofile: int | None = None) -> Iterator[tup
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit_files)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/healthz")
-            yield port, log
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with running(argv, log, preexec_fn=limit_files):
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield port, log
 
 
 def test_the_exporter_drops_half_sent_requests_and_keeps_serving_metrics(tmp: Path) -> None:
@@ -77,7 +67,10 @@ def test_running_out_of_file_descriptors_logs_a_counted_line_not_one_per_retry(t
     with exporter(tmp, exporter_config(tmp), nofile=64) as (port, log):
         with half_sent(port, 120, b"") as _flood:
             time.sleep(6)
-            accept_lines = [line for line in log.read_text().splitlines() if "accept" in line]
+            lines = log.read_text().splitlines()
+        accept_lines = [line for line in lines if "out of system resource" in line or "cannot accept" in line]
         assert len(accept_lines) == 1, accept_lines
         assert "cannot accept connections: out of file descriptors" in accept_lines[0]
+        [warning] = [line for line in lines if "max_connections is above what the open-file limit" in line]
+        assert "max_connections=512 open_files=64" in warning
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=5)  # serves again once they are gone
