@@ -14,6 +14,7 @@ import asyncio
 import errno
 import logging
 import resource
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -156,8 +157,9 @@ def runner(app: web.Application, limits: HttpLimits) -> web.AppRunner:
 
 
 async def listen(app_runner: web.AppRunner, host: str, port: int, limits: HttpLimits,
-                 log: logging.Logger) -> asyncio.Server:
-    """Serve the (set-up) runner's app on host:port within `limits`; close the returned server to stop."""
+                 log: logging.Logger, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+    """Serve the (set-up) runner's app on host:port within `limits`; close the returned server to stop.
+    A TLS handshake gets `header_timeout` too (asyncio's default is 60 s)."""
     loop = asyncio.get_running_loop()
     limited = RateLimitedLog(log, limits.error_log_interval)
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -168,4 +170,5 @@ async def listen(app_runner: web.AppRunner, host: str, port: int, limits: HttpLi
     accept_errors_rate_limited(loop, limited)
     server = app_runner.server
     assert server is not None, "runner.setup() first"
-    return await loop.create_server(ConnectionCap(server, limits.max_connections, limited), host, port)
+    return await loop.create_server(ConnectionCap(server, limits.max_connections, limited), host, port, ssl=tls,
+                                    ssl_handshake_timeout=limits.header_timeout if tls is not None else None)

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -157,3 +158,18 @@ def tempdir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
     return path
+
+
+@contextlib.contextmanager
+def writer(path: Path, data: bytes) -> Iterator[subprocess.Popen[bytes]]:
+    """A real process that opens `path` for writing, writes `data` and then pauses, holding the
+    file open, as a backup job does between two chunks; killed after the `with`."""
+    script = ("import sys, time\nf = open(sys.argv[1], 'wb')\nf.write(bytes.fromhex(sys.argv[2]))\nf.flush()\n"
+              "print('ready', flush=True)\ntime.sleep(3600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(path), data.hex()], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()

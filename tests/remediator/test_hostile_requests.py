@@ -99,7 +99,7 @@ async def test_a_journal_connection_broken_mid_protocol_is_503_not_500(
     assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
 
 
-async def test_a_label_with_a_newline_cannot_forge_a_text_log_line(
+async def test_a_label_with_a_newline_cannot_forge_a_log_line(
         site: Site, start: StartApp, capsys: pytest.CaptureFixture[str]) -> None:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -113,7 +113,7 @@ async def test_a_label_with_a_newline_cannot_forge_a_text_log_line(
         root.setLevel(saved[1])
     lines = capsys.readouterr().err.splitlines()
     [unmatched] = [line for line in lines if "alert matches no playbook" in line]
-    assert "alertname=Nothing\\n12:00:00 ERROR   forged: all replicas down\\r\\x1b[2J" in unmatched
+    assert 'alertname="Nothing\\n12:00:00 ERROR   forged: all replicas down\\r\\x1b[2J"' in unmatched
     assert not [line for line in lines if line.startswith("12:00:00")]
 
 
