@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,10 +136,12 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def running(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def running(argv: list[str], log: Path, env: dict[str, str] | None = None,
+            preexec_fn: Callable[[], None] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A child process for the duration of a `with`, its output in `log`; terminated after."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                preexec_fn=preexec_fn)
         try:
             yield proc
         finally:

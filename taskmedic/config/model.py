@@ -91,20 +91,35 @@ PostgresDsn = Annotated[SecretStr, _dsn(("postgres",), "PostgreSQL")]
 RedisUrl = Annotated[SecretStr, _dsn(("redis", "rediss", "unix"), "Redis")]
 
 
+_SECRET_PARAM = re.compile(r"(?i)([?&][^=&#\s]*(?:password|passwd|secret|token)[^=&#\s]*=)[^&#\s]*")
+
+
 def redact(url: str) -> str:
-    """A DSN fit for logs: the password replaced by ***."""
+    """A DSN or URL fit for output: its password, and every query parameter whose name says it
+    holds a secret (`password=`, `sslpassword=`, `token=`...), replaced by ***."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<invalid url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    return _SECRET_PARAM.sub(r"\1***", parts.geturl())
 
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpLimits(Model):
+    """How long a client may take to send a request, and how many may be connected at once.
+
+    `header_timeout` runs from connecting (or from the previous response, on a kept-alive
+    connection) to a complete request head, so it is also the idle keep-alive timeout."""
+
+    header_timeout: Duration = Field(default=5.0, gt=0, le=300)
+    body_timeout: Duration = Field(default=10.0, gt=0, le=600)
+    max_connections: int = Field(default=512, ge=1)
+    error_log_interval: Duration = Field(default=10.0, gt=0)  # at most one accept/refusal log line per interval
 
 
 class LiveWorkers(Model):

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from remediator.server import STATE
-from tests.remediator.kit import FAIL_STALE, Client, Site, StartApp, alert, count, fetch, payload, post, seed_cape
+from tests.remediator.kit import AUTH, FAIL_STALE, Client, Site, StartApp, alert, count, fetch, payload, post, seed_cape
 
 
 def book(name: str, step: str) -> str:
@@ -31,7 +31,7 @@ async def outcomes(site: Site, timeout: float = 20.0, n: int = 1) -> dict[str, t
 
 
 async def readyz(client: Client) -> tuple[int, Any]:
-    async with client.get("/readyz") as r:
+    async with client.get("/readyz", headers=AUTH) as r:  # with credentials: the details too
         return r.status, await r.json()
 
 
