@@ -23,7 +23,7 @@ $(BIN)/taskmedic-exporter: pyproject.toml
 venv: $(BIN)/taskmedic-exporter
 
 lint: venv
-	$(BIN)/ruff check taskmedic exporter remediator tests deploy
+	$(BIN)/ruff check taskmedic exporter remediator tests deploy bench
 	$(BIN)/mypy
 
 test: deps venv lint
@@ -33,7 +33,7 @@ demo: deps venv
 	$(BIN)/python -m deploy.local.demo $(if $(ONCE),--once)
 
 bench: deps venv
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
