@@ -125,6 +125,10 @@ class Declared:
         return self.collector.name
 
     @property
+    def subject(self) -> tuple[str, str]:
+        return self.collector.subject
+
+    @property
     def interval(self) -> float:
         return self.collector.interval
 

@@ -36,6 +36,7 @@ class Emitting:
 
     name: str
     samples: list[Sample]
+    subject: tuple[str, str] = ("", "")
     interval: float = 15.0
     timeout: float = 5.0
 
@@ -52,7 +53,7 @@ async def test_a_collector_emitting_an_undeclared_family_goes_down_and_the_other
                     frozenset({"taskmedic_disk_free_ratio"}))
 
     results = {c.name: await run_once(c) for c in (typo, wrong_labels, good)}
-    snapshot = Snapshot.empty(list(results))
+    snapshot = Snapshot.empty({name: ("", "") for name in results})
     for name, result in results.items():
         snapshot = snapshot.with_result(name, result)
     body, _ = snapshot.render(None)
@@ -67,7 +68,7 @@ async def test_a_collector_emitting_an_undeclared_family_goes_down_and_the_other
 
 
 def test_an_unknown_sample_in_a_snapshot_does_not_blank_metrics() -> None:
-    snapshot = Snapshot.empty(["a", "b"]).with_result(
+    snapshot = Snapshot.empty({"a": ("", ""), "b": ("", "")}).with_result(
         "a", CollectorResult(samples=(sample("taskmedic_nonsense", 1), sample("taskmedic_queue_depth", 1, system="s")),
                              up=True)).with_result(
         "b", CollectorResult(samples=(sample("taskmedic_disk_free_ratio", 0.25, path="/data"),), up=True))
