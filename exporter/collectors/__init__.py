@@ -28,7 +28,8 @@ REGISTRY: dict[str, Kind] = {
     "backups": Kind(backups.build, (
         "taskmedic_backup_size_bytes", "taskmedic_backup_previous_size_bytes",
         "taskmedic_backup_last_modified_timestamp_seconds", "taskmedic_backup_last_valid_timestamp_seconds",
-        "taskmedic_backup_valid", "taskmedic_backup_in_progress", "taskmedic_backup_files")),
+        "taskmedic_backup_valid", "taskmedic_backup_in_progress", "taskmedic_backup_files",
+        "taskmedic_backup_data_verified")),
 }
 
 

@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType, first_value
 from remediator.templating import Template
 from taskmedic.archive import check_file
+from taskmedic.backups import in_progress
 from taskmedic.config.model import Duration, Model
 from taskmedic.disks import free_space
 
@@ -109,8 +110,9 @@ def _candidates(spec: FilesSpec, root: str, ctx: RunContext) -> list[Entry]:
     entries = [_entry(_inside(root, name)) for name in names]
     cutoff = time.time() - spec.older_than
     chosen = [e for e in entries if e is not None and e.mtime <= cutoff]
-    if spec.invalid_only:
-        chosen = [e for e in chosen if os.path.isfile(e.path) and not check_file(e.path)[0]]
+    if spec.invalid_only:  # a file still being written is never judged, nor touched
+        chosen = [e for e in chosen if os.path.isfile(e.path) and not in_progress(e.path, spec.older_than)
+                  and not check_file(e.path)[0]]
     return sorted(chosen, key=lambda e: e.mtime)
 
 

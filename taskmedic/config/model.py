@@ -260,3 +260,5 @@ class Backup(Model):
     in_progress: Duration = 60.0  # a file modified more recently is still being written
     interval: Duration = 60.0
     timeout: Duration = 10.0
+    verify_data: bool = False  # zip: CRC-32 of every member, once per file version, in the background
+    verify_bytes_per_second: int = Field(default=20 * 2**20, gt=0)  # I/O budget of every read-through

@@ -33,8 +33,9 @@ def load_all(path: Path) -> list[dict[str, Any]]:
 
 
 def manifests() -> list[tuple[str, dict[str, Any]]]:
+    """Every document of the base, the example overlays and secret.example.yaml."""
     out = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(K8S.rglob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         out.extend((path.name, doc) for doc in load_all(path))
@@ -64,8 +65,8 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def kustomization() -> dict[str, Any]:
-    return yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+def kustomization(directory: str = "base") -> dict[str, Any]:
+    return yaml.safe_load((K8S / directory / "kustomization.yaml").read_text(encoding="utf-8"))
 
 
 def example_secrets() -> dict[str, dict[str, str]]:

@@ -119,6 +119,8 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
     """The container's environment, secretKeyRefs filled from secret.example.yaml."""
     secrets = example_secrets()
     env = {}
+    for source in container.get("envFrom", []):
+        env.update(secrets[source["secretRef"]["name"]])
     for var in container.get("env", []):
         ref = var.get("valueFrom", {}).get("secretKeyRef")
         if ref:
@@ -214,7 +216,7 @@ def test_secrets_are_referenced_never_inlined() -> None:
 
 def test_alertmanager_receiver_snippet(tmp_path: Path) -> None:
     snippet = yaml.safe_load((K8S / "alertmanager-receiver.yml").read_text(encoding="utf-8"))
-    (receiver,) = snippet["receivers"]
+    (receiver,) = [r for r in snippet["receivers"] if r.get("webhook_configs")]
     assert receiver["name"] in {r["receiver"] for r in snippet["route"]["routes"]}
     (hook,) = receiver["webhook_configs"]
     assert hook["send_resolved"] is True
@@ -237,7 +239,7 @@ def test_alertmanager_receiver_snippet(tmp_path: Path) -> None:
     if shutil.which("amtool") is None:
         pytest.skip("amtool not installed")
     # A complete config around the snippet: a default receiver plus the snippet's routes and receivers.
-    full = {"route": {"receiver": "default", **snippet["route"]},
+    full = {"route": {**snippet["route"], "receiver": "default"},
             "receivers": [{"name": "default"}, *snippet["receivers"]]}
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(full), encoding="utf-8")
     out = subprocess.run(["amtool", "check-config", str(tmp_path / "alertmanager.yml")],

@@ -26,10 +26,12 @@ from tests.deploy.helpers import (
 
 
 def test_kustomization_lists_every_manifest() -> None:
-    resources = kustomization()["resources"]
-    assert len(resources) == len(set(resources)), "a resource is listed twice"
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - NOT_RESOURCES
-    assert set(resources) == on_disk, "kustomization.yaml resources and deploy/kubernetes/*.yaml differ"
+    for directory in ("base", "overlays/cape"):
+        resources = [r for r in kustomization(directory)["resources"] if not r.startswith("..")]
+        assert len(resources) == len(set(resources)), "a resource is listed twice"
+        on_disk = {p.name for p in (K8S / directory).glob("*.yaml")} - NOT_RESOURCES
+        assert set(resources) == on_disk, f"{directory}/kustomization.yaml resources and its *.yaml differ"
+    assert kustomization("overlays/cape")["resources"][0] == "../../base"
     assert kustomization()["namespace"] == "taskmedic"
     assert IMAGE in {i["name"] for i in kustomization().get("images", [])}
 
@@ -78,7 +80,7 @@ def test_kustomize_build_renders_everything() -> None:
     command = kustomize_command()
     if command is None:
         pytest.skip("neither kustomize nor kubectl is installed")
-    out = subprocess.run([*command, str(K8S)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*command, str(K8S / "overlays" / "cape")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
     expected = {(d["kind"], d["metadata"]["name"]) for f, d in manifests() if f != "secret.example.yaml"}

@@ -17,9 +17,9 @@ from tests.deploy.helpers import (
 
 def test_prometheusrule_is_generated_from_rules() -> None:
     generator = load_generator()
-    committed = (K8S / "prometheusrule.yaml").read_text(encoding="utf-8")
+    committed = (K8S / "base" / "prometheusrule.yaml").read_text(encoding="utf-8")
     assert committed == generator.render(RULES), (
-        "deploy/kubernetes/prometheusrule.yaml is out of date: run python deploy/kubernetes/generate_prometheusrule.py")
+        "deploy/kubernetes/base/prometheusrule.yaml is out of date: run make mixin")
     # Independently of the generator: the same groups and rules, in the same order, as rules/.
     expected = [g for f in rule_files()
                 for g in (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("groups", [])]
