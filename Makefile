@@ -24,7 +24,7 @@ $(BIN)/taskmedic-exporter: pyproject.toml
 venv: $(BIN)/taskmedic-exporter
 
 lint: venv
-	$(BIN)/ruff check taskmedic exporter remediator tests deploy
+	$(BIN)/ruff check taskmedic exporter remediator tests deploy bench
 	$(BIN)/mypy
 	$(BIN)/python -m deploy.mixin.build --check
 
@@ -35,7 +35,7 @@ demo: deps venv
 	$(BIN)/python -m deploy.local.demo $(if $(ONCE),--once)
 
 bench: deps venv
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m bench
 
 mixin: deps venv
 	$(BIN)/python -m deploy.mixin.build

@@ -80,11 +80,14 @@ class Snapshot:
                 for s in r.samples:
                     grouped.setdefault(s.name, []).append(s)
         for name, samples in grouped.items():
-            fam = FAMILIES[name]
+            fam = FAMILIES.get(name)
+            if fam is None:
+                continue  # the collectors check their samples; never let one blank the rest
             metric = GaugeMetricFamily(name, fam.help, labels=list(fam.labels))
             for s in samples:
                 labels = dict(s.labels)
-                metric.add_metric([labels[k] for k in fam.labels], s.value)
+                if labels.keys() == set(fam.labels):
+                    metric.add_metric([labels[k] for k in fam.labels], s.value)
             yield metric
 
     def render(self, accept: str | None) -> tuple[bytes, str]:

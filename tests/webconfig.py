@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import bcrypt
@@ -28,3 +30,14 @@ def client_context(tmp: Path) -> ssl.SSLContext:
 
 def basic(user: str = "prometheus", password: str = "s3cret pass") -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def answers(url: str, ctx: ssl.SSLContext) -> bool:
+    """Whether a server answers HTTPS at `url` (with any status, 401 included)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=ctx):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ssl.SSLError):
+        return False

@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from exporter.config import ExporterConfig
-from exporter.metrics import Sample
+from exporter.metrics import FAMILIES, Sample
 from taskmedic.config.model import System
 from taskmedic.connections import Connections
 
@@ -98,3 +98,51 @@ class SystemCollector:
 
 
 Factory = Callable[[ExporterConfig, Connections], Sequence[Collector]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of collector: its factory and the metric families its collectors emit."""
+
+    build: Factory
+    emits: tuple[str, ...]
+
+
+class UndeclaredSample(ValueError):
+    """A collector returned a sample outside its declared families, or with other labels."""
+
+
+@dataclass
+class Declared:
+    """A collector whose samples are checked against the families its kind declared: a sample
+    that does not fit fails this collector's run (`up` 0, the error says which) and no other."""
+
+    collector: Collector
+    emits: frozenset[str]
+
+    @property
+    def name(self) -> str:
+        return self.collector.name
+
+    @property
+    def subject(self) -> tuple[str, str]:
+        return self.collector.subject
+
+    @property
+    def interval(self) -> float:
+        return self.collector.interval
+
+    @property
+    def timeout(self) -> float:
+        return self.collector.timeout
+
+    async def collect(self) -> list[Sample]:
+        samples = await self.collector.collect()
+        for s in samples:
+            if s.name not in self.emits:
+                raise UndeclaredSample(f"emitted {s.name!r}, not among its declared families")
+            labels = tuple(k for k, _ in s.labels)
+            if sorted(labels) != sorted(FAMILIES[s.name].labels):
+                raise UndeclaredSample(f"emitted {s.name!r} with labels {labels}; the family declares "
+                                       f"{FAMILIES[s.name].labels}")
+        return samples

@@ -22,11 +22,13 @@ import pytest
 
 from exporter.collectors.backups import BackupCollector
 from exporter.runtime import run_once
+from exporter.snapshot import CollectorResult
 from taskmedic.archive import check_file, check_stream
 from taskmedic.backups import in_progress
 from taskmedic.config.model import Backup
 from tests.conftest import Database
 from tests.exporter.helpers import collect, value
+from tests.polling import await_until
 from tests.services import pg_bindir, tempdir, writer
 
 
@@ -402,14 +404,14 @@ async def test_verify_data_finds_a_corrupt_member_after_the_first_full_pass(tmp:
 
 async def valid_once_read_through(collector: BackupCollector) -> float | None:
     """taskmedic_backup_valid once the background read of the judged file has finished."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    async def run() -> CollectorResult:
         r = await run_once(collector)
         assert r.up, r.error
-        if value(r, "taskmedic_backup_data_verified") == 1:
-            return value(r, "taskmedic_backup_valid")
-        await asyncio.sleep(0.1)
-    raise AssertionError("the file was not read through within 60 s")
+        return r
+
+    r = await await_until(run, 60, "the judged file to be read through",
+                          done=lambda r: value(r, "taskmedic_backup_data_verified") == 1, interval=0.1)
+    return value(r, "taskmedic_backup_valid")
 
 
 async def test_cut_pg_dump_archives_in_a_backup_set(db: Database, tmp: Path) -> None:

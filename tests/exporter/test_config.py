@@ -204,3 +204,12 @@ def test_the_other_process_section_is_ignored_with_its_secrets(tmp: Path) -> Non
     cfg = load(ExporterConfig, write(tmp, "disks:\n  - path: /\nremediator:\n  journal: ${ONLY_THE_REMEDIATOR_HAS_IT}\n"
                                           "  anything: [goes]\n"), environ={})
     assert cfg.disks[0].path == "/"
+
+
+def test_celery_priority_steps_are_kombus_with_0_always_one(tmp: Path) -> None:
+    text = "systems:\n  jobs:\n    profile: celery\n    redis: redis://h/0\n    queues:\n      priority_steps: {}\n"
+    config = load(ExporterConfig, write(tmp, text.format("[3, 6, 9]")), environ={})
+    assert config.systems["jobs"].queues is not None
+    assert config.systems["jobs"].queues.priority_steps == [0, 3, 6, 9]
+    out = problems(tmp, text.format("[0, 5, 10]"))
+    assert any(":6: systems.jobs.queues.priority_steps: priority steps are priorities 0..9" in p for p in out), out

@@ -7,11 +7,11 @@ import signal
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.polling import wait_until
 from tests.services import PostgresServer, free_port, running, tempdir, wait_http
 
 
@@ -30,15 +30,6 @@ def metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 def get(m: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
     hits = [v for (n, ls), v in m.items() if n == name and set(labels.items()) <= ls]
     return sum(hits) if hits else None
-
-
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_database_outage_drops_only_its_collector_and_recovers(tmp: Path) -> None:
@@ -60,11 +51,11 @@ def test_database_outage_drops_only_its_collector_and_recovers(tmp: Path) -> Non
         with running([sys.executable, "-m", "exporter", "--config", str(cfg), "--listen", f"127.0.0.1:{port}",
                       "--log-format", "json"], log, env) as proc:
             wait_http(f"http://127.0.0.1:{port}/healthz")
-            eventually(lambda: get(metrics(port), "taskmedic_stuck_tasks", reason="pending_too_long") == 3, 20,
+            wait_until(lambda: get(metrics(port), "taskmedic_stuck_tasks", reason="pending_too_long") == 3, 20,
                        "stuck tasks on /metrics")
             pg.stop("immediate")
             t0 = time.monotonic()
-            eventually(lambda: get(metrics(port), "taskmedic_collector_up", collector="tasks:cape") == 0, 10,
+            wait_until(lambda: get(metrics(port), "taskmedic_collector_up", collector="tasks:cape") == 0, 10,
                        "tasks collector down")
             assert time.monotonic() - t0 < 8  # interval 1s + timeout 2s, with room for a loaded machine
             m = metrics(port)
@@ -72,7 +63,7 @@ def test_database_outage_drops_only_its_collector_and_recovers(tmp: Path) -> Non
             assert get(m, "taskmedic_collector_up", collector=f"disk:{tmp}") == 1
             assert get(m, "taskmedic_disk_free_ratio", path=str(tmp)) is not None
             pg.start()
-            eventually(lambda: get(metrics(port), "taskmedic_collector_up", collector="tasks:cape") == 1, 20,
+            wait_until(lambda: get(metrics(port), "taskmedic_collector_up", collector="tasks:cape") == 1, 20,
                        "tasks collector back without a restart")
             assert get(metrics(port), "taskmedic_stuck_tasks", reason="pending_too_long") == 3
             proc.send_signal(signal.SIGTERM)
@@ -97,9 +88,9 @@ def test_rows_that_disappear_take_their_stuck_count_to_zero(pg: PostgresServer, 
     with running([sys.executable, "-m", "exporter", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
                  tmp / "log"):
         wait_http(f"http://127.0.0.1:{port}/healthz")
-        eventually(lambda: get(metrics(port), "taskmedic_stuck_tasks", reason="pending_too_long") == 1, 20, "stuck")
+        wait_until(lambda: get(metrics(port), "taskmedic_stuck_tasks", reason="pending_too_long") == 1, 20, "stuck")
         pg.psql("update tasks set status = 'failed_analysis'", db=name)
-        eventually(lambda: get(metrics(port), "taskmedic_stuck_tasks", reason="pending_too_long") == 0, 20,
+        wait_until(lambda: get(metrics(port), "taskmedic_stuck_tasks", reason="pending_too_long") == 0, 20,
                    "stuck count back to zero")
         assert get(metrics(port), "taskmedic_tasks", status="pending") == 0
 
@@ -111,7 +102,7 @@ def test_openmetrics_negotiation_index_page_and_health(tmp: Path) -> None:
     with running([sys.executable, "-m", "exporter", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
                  tmp / "log"):
         wait_http(f"http://127.0.0.1:{port}/healthz")
-        eventually(lambda: "taskmedic_disk_free_ratio" in scrape(port)[1], 10, "disk metrics")
+        wait_until(lambda: "taskmedic_disk_free_ratio" in scrape(port)[1], 10, "disk metrics")
         ctype, body = scrape(port, "application/openmetrics-text; version=1.0.0")
         assert ctype.startswith("application/openmetrics-text") and body.rstrip().endswith("# EOF")
         ctype, body = scrape(port)
@@ -150,9 +141,9 @@ def test_redis_outage_drops_only_the_queue_collector_and_recovers(tmp: Path) -> 
         with running([sys.executable, "-m", "exporter", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
                      tmp / "log"):
             wait_http(f"http://127.0.0.1:{port}/healthz")
-            eventually(lambda: get(metrics(port), "taskmedic_queue_depth", queue="celery") == 0, 20, "celery depth")
+            wait_until(lambda: get(metrics(port), "taskmedic_queue_depth", queue="celery") == 0, 20, "celery depth")
             rs.stop()
-            eventually(lambda: get(metrics(port), "taskmedic_collector_up", collector="queues:jobs") == 0, 10,
+            wait_until(lambda: get(metrics(port), "taskmedic_collector_up", collector="queues:jobs") == 0, 10,
                        "queue collector down")
             m = metrics(port)
             assert get(m, "taskmedic_queue_depth", queue="celery") is None
@@ -161,7 +152,7 @@ def test_redis_outage_drops_only_the_queue_collector_and_recovers(tmp: Path) -> 
             import redis
 
             redis.Redis.from_url(rs.url(0)).rpush("celery", "m1", "m2")
-            eventually(lambda: get(metrics(port), "taskmedic_queue_depth", queue="celery") == 2, 20,
+            wait_until(lambda: get(metrics(port), "taskmedic_queue_depth", queue="celery") == 2, 20,
                        "queue collector back without a restart")
     finally:
         rs.stop()

@@ -6,24 +6,15 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
 from tests.exporter.helpers import collect, value
+from tests.polling import wait_until
 from tests.services import running
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def celery_config(url: str, visibility: str = "1h") -> str:

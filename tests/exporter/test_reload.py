@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
+from tests.polling import wait_until
 from tests.services import free_port, running, wait_http
 
 
@@ -26,15 +25,6 @@ def _post(url: str) -> int:
             return int(r.status)
     except urllib.error.HTTPError as e:
         return e.code
-
-
-def _until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.2)
-    return check()
 
 
 def _config(*paths: Path) -> str:
@@ -52,15 +42,18 @@ def test_sighup_reloads_config_and_a_broken_file_keeps_the_running_one(tmp: Path
     with running([sys.executable, "-m", "exporter", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
                  tmp / "exporter.log") as proc:
         wait_http(url + "/healthz")
-        assert _until(lambda: f'taskmedic_disk_free_ratio{{path="{first}"}}' in _get(url + "/metrics"))
+        wait_until(lambda: f'taskmedic_disk_free_ratio{{path="{first}"}}' in _get(url + "/metrics"), 15,
+                   "the first disk's series")
         cfg.write_text(_config(first, second))
         os.kill(proc.pid, signal.SIGHUP)
-        assert _until(lambda: f'taskmedic_disk_free_ratio{{path="{second}"}}' in _get(url + "/metrics"))
+        wait_until(lambda: f'taskmedic_disk_free_ratio{{path="{second}"}}' in _get(url + "/metrics"), 15,
+                   "the reloaded disk's series")
         assert "taskmedic_config_last_reload_successful 1.0" in _get(url + "/metrics")
 
         cfg.write_text("disks:\n  - path: [not, a, path]\n")
         os.kill(proc.pid, signal.SIGHUP)
-        assert _until(lambda: "taskmedic_config_last_reload_successful 0.0" in _get(url + "/metrics"))
+        wait_until(lambda: "taskmedic_config_last_reload_successful 0.0" in _get(url + "/metrics"), 15,
+                   "the failed reload to show")
         assert proc.poll() is None, "a bad config must not stop the exporter"
         body = _get(url + "/metrics")
         assert f'taskmedic_disk_free_ratio{{path="{second}"}}' in body, "the running config stays in place"
@@ -69,8 +62,9 @@ def test_sighup_reloads_config_and_a_broken_file_keeps_the_running_one(tmp: Path
 
         cfg.write_text(_config(second))
         os.kill(proc.pid, signal.SIGHUP)
-        assert _until(lambda: "taskmedic_config_last_reload_successful 1.0" in _get(url + "/metrics"))
-        assert _until(lambda: f'path="{first}"' not in _get(url + "/metrics"))
+        wait_until(lambda: "taskmedic_config_last_reload_successful 1.0" in _get(url + "/metrics"), 15,
+                   "the good reload to show")
+        wait_until(lambda: f'path="{first}"' not in _get(url + "/metrics"), 15, "the removed disk's series to go")
     log = (tmp / "exporter.log").read_text()
     assert "reload failed" in log and "taskmedic.yml" in log
 
@@ -101,8 +95,8 @@ def test_self_metrics_build_info_process_and_joinable_collector_labels(tmp: Path
                  tmp / "exporter.log"):
         wait_http(url + "/healthz")
         # the missing path fails every run: its error counter climbs while `up` stays 0
-        assert _until(lambda: f'taskmedic_collector_errors_total{{collector="disk:{gone}",path="{gone}"}} 3.0'
-                      in _get(url + "/metrics"))
+        wait_until(lambda: f'taskmedic_collector_errors_total{{collector="disk:{gone}",path="{gone}"}} 3.0'
+                   in _get(url + "/metrics"), 15, "three failed runs of the missing disk")
         body = _get(url + "/metrics")
         assert f'taskmedic_collector_up{{collector="disk:{ok}",path="{ok}"}} 1.0' in body
         assert f'taskmedic_collector_up{{collector="disk:{gone}",path="{gone}"}} 0.0' in body

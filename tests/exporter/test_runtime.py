@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from exporter.collectors.base import BlockingCalls
+from tests.polling import await_until
 
 
 async def test_a_hung_blocking_call_is_not_repeated_while_it_hangs() -> None:
@@ -28,10 +29,7 @@ async def test_a_hung_blocking_call_is_not_repeated_while_it_hangs() -> None:
             await asyncio.wait_for(calls.run(stuck_statvfs), 0.2)
     assert len(started) == 1 and threading.active_count() == before + 1
     release.set()
-    for _ in range(50):
-        await asyncio.sleep(0.05)
-        if threading.active_count() == before:
-            break
+    await await_until(threading.active_count, 2.5, "the released thread to end", done=lambda n: n == before)
     assert await calls.run(lambda: "fresh") == "fresh"
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_until
 from tests.services import free_port, running
-from tests.webconfig import basic, client_context, write_web_config
+from tests.webconfig import answers, basic, client_context, write_web_config
 
 
 def _get(url: str, ctx: ssl.SSLContext, auth: str | None) -> tuple[int, str]:
@@ -23,17 +23,6 @@ def _get(url: str, ctx: ssl.SSLContext, auth: str | None) -> tuple[int, str]:
             return int(r.status), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
-
-
-def _wait(url: str, ctx: ssl.SSLContext) -> None:
-    end = time.monotonic() + 20
-    while time.monotonic() < end:
-        try:
-            _get(url, ctx, None)
-            return
-        except (OSError, ssl.SSLError):
-            time.sleep(0.2)
-    raise AssertionError(f"{url} never answered over TLS")
 
 
 def test_tls_and_bcrypt_basic_auth_guard_every_endpoint(tmp: Path) -> None:
@@ -46,7 +35,7 @@ def test_tls_and_bcrypt_basic_auth_guard_every_endpoint(tmp: Path) -> None:
     ctx = client_context(tmp)
     with running([sys.executable, "-m", "exporter", "--config", str(cfg), "--web.listen-address",
                   f"127.0.0.1:{port}", "--web.config.file", str(web), "--log.format", "logfmt"], tmp / "log"):
-        _wait(url + "/healthz", ctx)
+        wait_until(lambda: answers(url + "/healthz", ctx), 20, "the exporter to answer over TLS")
         for path in ("/metrics", "/healthz", "/"):
             assert _get(url + path, ctx, None)[0] == 401
             assert _get(url + path, ctx, basic(password="wrong"))[0] == 401

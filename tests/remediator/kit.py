@@ -3,10 +3,8 @@ playbook files written the way an operator writes them, and Alertmanager-shaped 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import textwrap
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from remediator.engine import Engine, Report
 from remediator.webhook import Alert
 from taskmedic.connections import Connections
 from tests.conftest import Database
+from tests.polling import await_until
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -135,18 +134,16 @@ async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
 
 async def settled(site: Site, n: int = 1, timeout: float = 20.0) -> list[dict[str, Any]]:
     """Wait until `n` journal rows are done; returns every row (oldest first)."""
-    end = time.monotonic() + timeout
-    while True:
-        rows = await fetch(site.journal.dsn, "select * from taskmedic_runs order by id")
-        if sum(r["status"] == "done" for r in rows) >= n or time.monotonic() > end:
-            break
-        await asyncio.sleep(0.1)
+    async def runs() -> list[asyncpg.Record]:
+        return await fetch(site.journal.dsn, "select * from taskmedic_runs order by id")
+
+    rows = await await_until(runs, timeout, f"{n} runs to be done",
+                             done=lambda rows: sum(r["status"] == "done" for r in rows) >= n)
     done = [dict(r) for r in rows]
     for row in done:
         for key in ("steps", "labels", "history"):
             if isinstance(row.get(key), str):
                 row[key] = json.loads(row[key])
-    assert sum(r["status"] == "done" for r in done) >= n, f"runs not settled in {timeout}s: {done}"
     return done
 
 

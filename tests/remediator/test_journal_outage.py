@@ -3,12 +3,12 @@ accepted again after, and nothing received before is lost."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import Database
+from tests.polling import await_until
 from tests.remediator.kit import FAIL_STALE, Client, Site, StartApp, alert, count, payload, post, seed_cape, settled
 from tests.services import PostgresServer, tempdir
 
@@ -34,13 +34,14 @@ def outage_site(site: Site, journal_server: PostgresServer) -> Iterator[Site]:
 async def until_accepted(client: Client, body: dict[str, object], timeout: float = 15.0) -> list[int]:
     """Post like Alertmanager does: retry until 2xx; returns every status seen."""
     seen: list[int] = []
-    for _ in range(int(timeout / 0.2)):
-        status, _answer = await post(client, body)
-        seen.append(status)
-        if status == 200:
-            return seen
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"never accepted: {seen}")
+
+    async def status() -> int:
+        seen.append((await post(client, body))[0])
+        return seen[-1]
+
+    await await_until(status, timeout, "the webhook to accept the alert",
+                      done=lambda status: status == 200, interval=0.2)
+    return seen
 
 
 async def readyz(client: Client) -> int:

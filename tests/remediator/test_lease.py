@@ -4,13 +4,11 @@ other replica settles or re-runs a run that is still executing (lease: 3 s in th
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import asyncpg
 
+from tests.polling import await_until
 from tests.remediator.kit import Site, StartApp, alert, payload, post, seed_cape, settled
 
 # Counts the attempts that commit (tasks.timeout of the one task), then waits in the same
@@ -27,13 +25,6 @@ steps:
 """
 
 SLEEPING = "select count(*) from pg_stat_activity where state = 'active' and query like 'select pg_sleep%'"
-
-
-async def until(what: str, check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def sleeping(cape: asyncpg.Connection) -> int:
@@ -61,13 +52,13 @@ async def test_a_run_whose_lease_cannot_be_renewed_is_cancelled_before_the_lease
     cape = await asyncpg.connect(site.cape.dsn)
     journal = await asyncpg.connect(site.journal.dsn)
     try:
-        await until("the run to be in its slow step", lambda: sleeping(cape))
+        await await_until(lambda: sleeping(cape), 20, "the run to be in its slow step")
         # Another session locks the run's row: every renewal now waits on it (up to the journal's
         # 10 s statement timeout), as it would behind a stuck vacuum or a hung connection pool.
         lock = journal.transaction()
         await lock.start()
         lease_until = await journal.fetchval("select lease_until from taskmedic_runs for update")
-        await until("the run to be cancelled", lambda: stopped(cape))
+        await await_until(lambda: stopped(cape), 20, "the run to be cancelled")
         cancelled_at = await cape.fetchval("select clock_timestamp()")  # the same server's clock
         assert cancelled_at < lease_until, f"cancelled {cancelled_at - lease_until} after its lease expired"
         assert await cape.fetchval("select timeout from tasks") == 0  # rolled back

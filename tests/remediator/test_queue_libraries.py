@@ -4,21 +4,25 @@ write the keys as a real worker or producer does, and read back what the step le
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from kombu import Connection
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from remediator.config import load_setup
 from tests.conftest import flushed
 from tests.remediator.kit import Site, execute
 from tests.services import RedisServer
@@ -151,3 +155,62 @@ async def test_celery_unacked_messages_are_restored_exactly_as_kombu_restores_th
         b"work-audit": [3, 0, 3, 0], b"work-audit\x06\x163": [1, 1], b"work-audit\x06\x169": [2, 2]}
     assert all(m[1:3] == (True, True) for m in restored[b"work"])
     assert ours.zcard("unacked_index") == 0 and ours.hlen("unacked") == 0
+
+
+# A Celery worker (the tests' real Celery app and task) that publishes `slow` at priorities 0..9,
+# takes all ten with acks_late and is SIGKILLed holding them.
+DYING_CELERY_WORKER = """
+import json, sys, time
+from tests.workers.celery_app import app, slow
+app.conf.broker_transport_options = json.loads(sys.argv[1])
+with app.connection_for_write() as conn:
+    channel = conn.default_channel
+    app.amqp.queues["celery"](channel).declare()
+    for priority in range(10):
+        slow.apply_async(args=[0], priority=priority, connection=conn)
+    taken = [channel.basic_get("celery", no_ack=False) for _ in range(10)]
+    assert all(taken)
+    print("taken", flush=True)
+    time.sleep(600)
+"""
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("transport_steps", "system_steps", "playbook_steps"), [
+    (list(range(10)), list(range(10)), None),  # one sub-queue per priority; the step takes the system's
+    (None, None, [3, 6, 9]),  # kombu's default steps, spelled in the playbook with 0 implied
+], ids=["ten-steps-from-the-system", "default-steps-without-0"])
+async def test_celery_tasks_requeued_by_the_remediator_are_read_back_by_celery_in_priority_order(
+        site: Site, transport_steps: list[int] | None, system_steps: list[int] | None,
+        playbook_steps: list[int] | None) -> None:
+    options = {"priority_steps": transport_steps} if transport_steps else {}
+    proc = subprocess.Popen([sys.executable, "-c", DYING_CELERY_WORKER, json.dumps(options)], stdout=subprocess.PIPE,
+                            env={**os.environ, "TASKMEDIC_TEST_BROKER": site.redis_url, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"taken\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    client = redis.Redis.from_url(site.redis_url)
+    for tag, score in client.zrange("unacked_index", 0, -1, withscores=True):
+        client.zadd("unacked_index", {tag: score - 7200})
+    systems = f"  celery:\n    profile: celery\n    redis: {site.redis_url}\n"
+    if system_steps:
+        systems += f"    queues: {{priority_steps: {system_steps}}}\n"
+    requeue = {"older_than": "1h", **({"priority_steps": playbook_steps} if playbook_steps else {})}
+    playbook = ("name: t\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n  - name: requeue\n"
+                f"    redis: {{system: celery, requeue_unacked: {json.dumps(requeue)}}}\n")
+
+    report = await execute(load_setup(str(site.write(playbook, systems=systems))))
+
+    assert report.outcome == "succeeded", report.error
+    assert report.steps[0].rows == 10
+    app = Celery("reader", broker=site.redis_url, broker_transport_options=options)
+    with app.connection_for_read() as conn:
+        channel: Any = conn.default_channel
+        for key in client.keys("celery*"):
+            priorities = {json.loads(m)["properties"]["priority"] for m in client.lrange(key, 0, -1)}
+            assert {channel._q_for_pri("celery", p) for p in priorities} == {key.decode()}  # kombu's own name
+        read = [channel.basic_get("celery", no_ack=True) for _ in range(11)]
+    assert read[-1] is None
+    assert [m.properties["priority"] for m in read[:-1]] == list(range(10))  # kombu reads step 0 first

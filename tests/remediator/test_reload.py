@@ -7,11 +7,10 @@ import json
 import os
 import signal
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 
+from tests.polling import wait_until
 from tests.remediator.kit import Site, alert, payload
 from tests.services import free_port, running, wait_http
 
@@ -42,15 +41,6 @@ def _metrics(url: str) -> str:
         return str(r.read().decode())
 
 
-def _until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.2)
-    return check()
-
-
 def test_sighup_swaps_credentials_and_playbooks_and_keeps_them_when_the_new_file_is_broken(site: Site) -> None:
     config = site.write(PROBE.format(name="probe-a", alertname="A"), auth={"bearer_token": "old-token"})
     port = free_port()
@@ -64,7 +54,7 @@ def test_sighup_swaps_credentials_and_playbooks_and_keeps_them_when_the_new_file
 
         site.write(PROBE.format(name="probe-b", alertname="B"), auth={"bearer_token": "new-token"})
         os.kill(proc.pid, signal.SIGHUP)
-        assert _until(lambda: _request(url + "/alerts", "new-token", body) == 200)
+        wait_until(lambda: _request(url + "/alerts", "new-token", body) == 200, 15, "the new token to be accepted")
         assert _request(url + "/alerts", "old-token", body) == 401
         text = _metrics(url)
         assert 'taskmedic_remediation_runs_total{outcome="succeeded",playbook="probe-b"}' in text
@@ -74,7 +64,8 @@ def test_sighup_swaps_credentials_and_playbooks_and_keeps_them_when_the_new_file
 
         (site.tmp / "playbooks" / "p0.yml").write_text("name: broken\nsteps: 7\n")
         os.kill(proc.pid, signal.SIGHUP)
-        assert _until(lambda: "taskmedic_config_last_reload_successful 0.0" in _metrics(url))
+        wait_until(lambda: "taskmedic_config_last_reload_successful 0.0" in _metrics(url), 15,
+                   "the failed reload to show")
         assert proc.poll() is None
         assert _request(url + "/alerts", "new-token", body) == 200, "the running config stays in place"
 

@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from tests.polling import wait_until
 from tests.remediator.kit import AUTH, FAIL_STALE, Site, count, payload, seed_cape
 from tests.services import free_port, running, wait_http
 
@@ -39,14 +40,6 @@ def post(port: int, body: bytes) -> int:
         return int(r.status)
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 @contextmanager
 def replica(site: Site, config: Path, name: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
@@ -69,7 +62,7 @@ def test_the_same_alert_posted_to_two_replicas_runs_once(site: Site) -> None:
     with ExitStack() as stack:
         ports = [stack.enter_context(replica(site, config, name))[0] for name in ("a", "b")]
         assert [post(port, body) for port in ports * 3] == [200] * 6
-        wait_until("the run", lambda: outcomes(site) == ["succeeded"])
+        wait_until(lambda: outcomes(site) == ["succeeded"], 20, "the run")
         time.sleep(1)  # time for a wrong second run to show up
     assert outcomes(site) == ["succeeded"]
     assert count(site.cape, "status = 'failed_analysis'") == 5
@@ -80,15 +73,15 @@ def test_a_replica_killed_mid_transaction_leaves_no_partial_write_and_the_run_is
     config = site.write(SLOW_REPAIR, replica="${REPLICA}", lease=2)
     with replica(site, config, "doomed") as (port, proc):
         assert post(port, json.dumps(payload()).encode()) == 200
-        wait_until("the update to be done and the sleep to start", lambda: site.cape.sql(
-            "select count(*) from pg_stat_activity where query like 'select pg_sleep%'") == "1")
+        wait_until(lambda: site.cape.sql("select count(*) from pg_stat_activity where query like 'select pg_sleep%'")
+                   == "1", 20, "the update to be done and the sleep to start")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert count(site.cape, STALE) == 5  # the update was never committed
     assert outcomes(site) == ["running"]
     site.cape.sql("create table released ()")
     with replica(site, config, "heir"):
-        wait_until("the retried run", lambda: outcomes(site) == ["succeeded"])
+        wait_until(lambda: outcomes(site) == ["succeeded"], 20, "the retried run")
     row = site.journal.sql("select attempts, replica, history->0->>'replica', history->0->>'outcome' "
                            "from taskmedic_runs")
     assert row == "2|heir|doomed|interrupted"
@@ -101,8 +94,8 @@ def test_sigterm_stops_within_the_grace_period_and_releases_the_unfinished_run(s
     config = site.write(book, replica="${REPLICA}", lease=30, shutdown_grace=1)
     with replica(site, config, "leaving") as (port, proc):
         assert post(port, json.dumps(payload()).encode()) == 200
-        wait_until("the sleep to start", lambda: site.cape.sql(
-            "select count(*) from pg_stat_activity where query like 'select pg_sleep%'") == "1")
+        wait_until(lambda: site.cape.sql("select count(*) from pg_stat_activity where query like 'select pg_sleep%'")
+                   == "1", 20, "the sleep to start")
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
@@ -110,4 +103,4 @@ def test_sigterm_stops_within_the_grace_period_and_releases_the_unfinished_run(s
     assert count(site.cape, STALE) == 5
     assert site.journal.sql("select status, lease_until < now() from taskmedic_runs") == "running|t"
     with replica(site, config, "next"):
-        wait_until("the released run to be settled", lambda: outcomes(site) == ["interrupted"], timeout=10)
+        wait_until(lambda: outcomes(site) == ["interrupted"], 10, "the released run to be settled")

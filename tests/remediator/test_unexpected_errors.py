@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from remediator.server import STATE
+from tests.polling import await_until
 from tests.remediator.kit import AUTH, FAIL_STALE, Client, Site, StartApp, alert, count, fetch, payload, post, seed_cape
 
 
@@ -21,13 +21,12 @@ def book(name: str, step: str) -> str:
 
 async def outcomes(site: Site, timeout: float = 20.0, n: int = 1) -> dict[str, tuple[str, str | None]]:
     """playbook → (outcome, error) once `n` runs are done (read without decoding any JSON)."""
-    end = time.monotonic() + timeout
-    while True:
-        rows = await fetch(site.journal.dsn, "select playbook, outcome, error from taskmedic_runs "
+    async def done() -> list[Any]:
+        return await fetch(site.journal.dsn, "select playbook, outcome, error from taskmedic_runs "
                                              "where status = 'done' order by id")
-        if len(rows) >= n or time.monotonic() > end:
-            return {r["playbook"]: (r["outcome"], r["error"]) for r in rows}
-        await asyncio.sleep(0.1)
+
+    rows = await await_until(done, timeout, f"{n} runs to be done", done=lambda rows: len(rows) >= n)
+    return {r["playbook"]: (r["outcome"], r["error"]) for r in rows}
 
 
 async def readyz(client: Client) -> tuple[int, Any]:

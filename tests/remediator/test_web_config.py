@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import ssl
 import sys
-import time
 import urllib.error
 import urllib.request
 
+from tests.polling import wait_until
 from tests.remediator.kit import TOKEN, Site, alert, payload
 from tests.services import free_port, running
-from tests.webconfig import basic, client_context, write_web_config
+from tests.webconfig import answers, basic, client_context, write_web_config
 
 PROBE = """
 name: probe
@@ -45,13 +45,7 @@ def test_web_config_guards_every_endpoint_and_keeps_the_webhook_token(site: Site
     body = json.dumps(payload(alert(alertname="Probe"))).encode()
     with running([sys.executable, "-m", "remediator", "--config", str(config), "--web.listen-address",
                   f"127.0.0.1:{port}", "--web.config.file", str(web)], site.tmp / "remediator.log"):
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            try:
-                _call(url + "/healthz", ctx, None)
-                break
-            except (OSError, ssl.SSLError):
-                time.sleep(0.2)
+        wait_until(lambda: answers(url + "/healthz", ctx), 30, "the remediator to answer over TLS")
         for path in ("/metrics", "/runs", "/healthz"):
             assert _call(url + path, ctx, None) == 401
             assert _call(url + path, ctx, basic()) == 200

@@ -1,4 +1,4 @@
-"""Benchmarks for the remediator, run by `python -m tests.bench` after the exporter's (skip them
+"""Benchmarks for the remediator, run by `python -m bench` after the exporter's (skip them
 with `--skip-remediator`). Not tests: nothing here asserts a time; it measures and reports.
 
 - webhook: the real `taskmedic-remediator` journaling every POST, against a bare aiohttp handler
@@ -6,7 +6,7 @@ with `--skip-remediator`). Not tests: nothing here asserts a time; it measures a
 - repair: 100,000 stuck CAPE tasks failed by the engine in batches, against one bulk UPDATE;
 - first SQL: alert POSTed → the playbook's first statement executed on the server.
 
-`python -m tests.bench_remediator bare PORT | journal-only CONFIG PORT` serves a webhook baseline.
+`python -m bench.remediator bare PORT | journal-only CONFIG PORT` serves a webhook baseline.
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from bench import exporter as bench  # it imports this module too: names are looked up when used
+from deploy.local.servers import PostgresServer, free_port, running, wait_http, wait_port
 from remediator.config import load_setup
 from remediator.server import make_app
 from taskmedic import commandline
 from taskmedic.config.model import HttpLimits
-from tests import bench  # `bench` imports this module too: names are looked up when used
+from tests.polling import wait_until
 from tests.remediator.kit import AUTH, TOKEN, alert, execute, payload
-from tests.services import PostgresServer, free_port, running, wait_http, wait_port
 
 T = TypeVar("T")
 
@@ -154,11 +155,7 @@ def remediator_config(tmp: Path, pg: PostgresServer, cape_db: str, journal: str,
 
 
 def wait_count(pg: PostgresServer, db: str, sql: str, n: int) -> None:
-    end = time.monotonic() + WAIT
-    while (got := int(pg.psql(sql, db=db))) < n:
-        if time.monotonic() > end:
-            raise RuntimeError(f"{got} of {n} after {WAIT:g}s: {sql}")
-        time.sleep(0.1)
+    wait_until(lambda: int(pg.psql(sql, db=db)), WAIT, f"{n} from {sql}", done=lambda got: got >= n)
 
 
 def wait_runs(pg: PostgresServer, prefix: str, n: int) -> None:
@@ -192,7 +189,7 @@ def bench_webhook(tmp: Path, pg: PostgresServer, args: argparse.Namespace) -> di
 def baseline(tmp: Path, prefix: str, argv: list[str], args: argparse.Namespace) -> dict[str, float]:
     """A baseline server (`serve_baseline` in a child process) under the load."""
     port = free_port()
-    with running([sys.executable, "-m", "tests.bench_remediator", *argv, str(port)], tmp / f"{prefix}.log"):
+    with running([sys.executable, "-m", "bench.remediator", *argv, str(port)], tmp / f"{prefix}.log"):
         wait_port(port)  # the journal-only app listens once its journal answered
         return load(f"http://127.0.0.1:{port}/alerts", prefix, args)
 

@@ -1,8 +1,8 @@
-"""Benchmarks for the exporter, then the remediator (tests/bench_remediator.py) (`make bench`);
+"""Benchmarks for the exporter, then the remediator (bench/remediator.py) (`make bench`);
 results with the machine's details go to docs/benchmarks.md. Not tests: nothing here asserts a
 time; it measures and reports.
 
-    python -m tests.bench [--rows-large 10000000] [--skip-zip] [--zip-data-gb 1.5] [--skip-remediator]
+    python -m bench [--rows-large 10000000] [--skip-zip] [--zip-data-gb 1.5] [--skip-remediator]
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import aiohttp
 import psutil
 import redis
 
+from bench import remediator as bench_remediator
+from deploy.local.servers import PostgresServer, RedisServer, free_port, running, tempdir, wait_http
 from taskmedic.archive import check_file
-from tests import bench_remediator
 from tests.exporter.helpers import collect
-from tests.services import PostgresServer, RedisServer, free_port, running, tempdir, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPE_SQL = ROOT / "tests" / "fixtures" / "cape.sql"

@@ -1,0 +1,3 @@
+from bench.exporter import main
+
+main()
