@@ -13,19 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pydantic import ValidationError
 
-from remediator.config import Setup, load_setup
+from remediator.config import Check, Playbook, Setup, load_setup
 from remediator.engine import Engine, Report
+from remediator.labels import alert_variables, templates
 from remediator.webhook import Alert
+from taskmedic.config.loader import format_path
 from taskmedic.connections import Connections
 from tests.conftest import Database
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
-# The conformance playbook's shape: stale pending CAPE tasks → failed_analysis.
+# The conformance playbook's shape: the stale pending CAPE tasks the exporter's rule finds → failed_analysis.
 FAIL_STALE = """
 name: cape-fail-stale-pending
 match:
@@ -33,16 +37,33 @@ match:
   system: cape
   reason: pending_too_long
 on: firing
+targets: stuck
 steps:
   - name: fail stale pending tasks
     sql:
       system: cape
-      statement: >-
-        update tasks set status = 'failed_analysis'
-        where status = 'pending' and added_on < localtimestamp - $1::interval
-      params: ["{{ labels.older_than | default('1 hour') }}"]
+      statement: "update tasks set status = 'failed_analysis' where id = any($1) and status = 'pending'"
+      params: ["{{ targets.ids }}"]
       max_rows: 100
+verify: targets
 """
+
+
+def trusting_labels(playbook: str) -> str:
+    """The playbook opting in (`label_text`) for every key where it reads a label. For tests of a
+    step's own handling of hostile values (escaping, binding, refusal) — defence in depth behind
+    `check`, which refuses these playbooks as shipped."""
+    try:
+        book = Playbook.model_validate(yaml.safe_load(playbook))
+    except ValidationError:
+        return playbook  # invalid anyway: the test is about that error
+    places = [t for i, step in enumerate(book.steps) for t in templates(step.spec, ("steps", i, step.kind))]
+    for name in ("precheck", "verify"):
+        check = getattr(book, name)
+        if isinstance(check, Check):
+            places += templates(check, (name,))
+    keys = [format_path(path) for path, text in places if alert_variables(text)]
+    return playbook + (f"label_text: {json.dumps(keys)}\n" if keys else "")
 
 
 def seed_cape(db: Database, stale: int = 5, fresh: int = 2, reported: int = 0) -> None:
