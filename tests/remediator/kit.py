@@ -109,7 +109,9 @@ class Site:
     redis_url: str
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def write(self, *playbooks: str, systems: str = "", **settings: Any) -> Path:
+    def write(self, *playbooks: str, systems: str = "", sections: str = "", **settings: Any) -> Path:
+        """Config and playbook files; `systems` adds entries under systems:, `sections` top-level
+        sections (disks:, backups:)."""
         book_dir = self.tmp / "playbooks"
         book_dir.mkdir(exist_ok=True)
         for old in book_dir.glob("*.yml"):
@@ -120,7 +122,7 @@ class Site:
                       "lease": 3, "poll_interval": 0.1, "workers": 2, "shutdown_grace": 5, **settings}
         config = (f"systems:\n  cape:\n    profile: cape\n    database: {self.cape.dsn}\n"
                   f"  jobs:\n    profile: celery\n    redis: {self.redis_url}\n"
-                  + systems
+                  + systems + sections
                   + "remediator: " + json.dumps(remediator) + "\n")
         path = self.tmp / "taskmedic.yml"
         path.write_text(config)
