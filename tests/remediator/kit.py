@@ -25,6 +25,7 @@ from remediator.webhook import Alert
 from taskmedic.config.loader import format_path
 from taskmedic.connections import Connections
 from tests.conftest import Database
+from tests.services import PostgresServer
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -184,3 +185,24 @@ async def execute(setup: Setup, labels: dict[str, str] | None = None, dry_run: b
         return await engine.execute(book, info, dry_run)
     finally:
         await connections.close()
+
+
+SHIPPED = Path(__file__).parents[2] / "rules" / "playbooks"
+
+
+ENGINE = "scan-engine"  # what the scanner system's process_gone rule recognises as its engine
+
+
+def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str,
+            engine: str = ENGINE, sections: str = "") -> tuple[Setup, Database]:
+    """The shipped playbooks (each through `edit`) with a config naming one system per built-in
+    profile, by its name (the demo's and the README's convention)."""
+    timesketch = Database(pg, pg.create_database("timesketch"))
+    systems = (f"  timesketch: {{profile: timesketch, database: '{timesketch.dsn}'}}\n"
+               f"  harbor: {{profile: harbor, database: '{site.cape.dsn}', redis: '{site.redis_url}'}}\n"
+               f"  scanner: {{profile: scanner, database: '{site.cape.dsn}',\n"
+               f"            tasks: {{stuck: {{process_gone: {{process_match: '{engine}'}}}}}}}}\n"
+               f"  celery: {{profile: celery, redis: '{site.redis_url}'}}\n"
+               f"  rq: {{profile: rq, redis: '{site.redis_url}'}}\n")
+    books = [edit(book.read_text()) for book in sorted(SHIPPED.glob("*.yml"))]
+    return load_setup(str(site.write(*books, systems=systems, sections=sections))), timesketch

@@ -6,33 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
-from pathlib import Path
 
-from remediator.config import Setup, load_setup
-from tests.conftest import Database
-from tests.remediator.kit import Site, count, execute, seed_cape
+from remediator.config import load_setup
+from tests.remediator.kit import SHIPPED, Site, count, execute, seed_cape, shipped
 from tests.services import PostgresServer
-
-SHIPPED = Path(__file__).parents[2] / "rules" / "playbooks"
-
-
-ENGINE = "scan-engine"  # what the scanner system's process_gone rule recognises as its engine
-
-
-def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str,
-            engine: str = ENGINE, sections: str = "") -> tuple[Setup, Database]:
-    """The shipped playbooks (each through `edit`) with a config naming one system per built-in
-    profile, by its name (the demo's and the README's convention)."""
-    timesketch = Database(pg, pg.create_database("timesketch"))
-    systems = (f"  timesketch: {{profile: timesketch, database: '{timesketch.dsn}'}}\n"
-               f"  harbor: {{profile: harbor, database: '{site.cape.dsn}', redis: '{site.redis_url}'}}\n"
-               f"  scanner: {{profile: scanner, database: '{site.cape.dsn}',\n"
-               f"            tasks: {{stuck: {{process_gone: {{process_match: '{engine}'}}}}}}}}\n"
-               f"  celery: {{profile: celery, redis: '{site.redis_url}'}}\n"
-               f"  rq: {{profile: rq, redis: '{site.redis_url}'}}\n")
-    books = [edit(book.read_text()) for book in sorted(SHIPPED.glob("*.yml"))]
-    return load_setup(str(site.write(*books, systems=systems, sections=sections))), timesketch
 
 
 def test_every_shipped_playbook_is_valid(site: Site, pg: PostgresServer) -> None:
