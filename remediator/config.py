@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from remediator.labels import label_problems
+from remediator.labels import label_problems, templates
 from remediator.steps import (
     STEP_TYPES,
     CommandSpec,
@@ -28,6 +28,7 @@ from remediator.steps import (
     RedisSpec,
     SqlSpec,
 )
+from remediator.steps.base import reads_targets
 from remediator.steps.sql import Param, reject_templated_sql
 from remediator.templating import Template
 from taskmedic.config.loader import ConfigError, Document, KeyPath, expand_env, format_path, load, parse_yaml, validate
@@ -208,6 +209,10 @@ class Playbook(Model):
 
     @model_validator(mode="after")
     def _targets(self) -> Playbook:
+        if self.targets is None:
+            for step in self.steps:
+                if any(reads_targets(text) for _, text in templates(step.spec, ())):
+                    raise ValueError(f"step {step.name!r} reads `targets` but the playbook sets no `targets:`")
         if self.verify == TARGETS:
             if self.targets is None:
                 raise ValueError("verify: targets needs `targets:` (the rule re-run after the steps)")

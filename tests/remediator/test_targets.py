@@ -295,3 +295,28 @@ async def test_forged_alerts_posted_to_alertmanager_without_login_change_nothing
     finally:
         engine.kill()
         engine.wait()
+
+
+FOR_EACH = FAIL_STALE.replace('''    sql:
+      system: cape
+      statement: "update tasks set status = 'failed_analysis' where id = any($1) and status = 'pending'"
+      params: ["{{ targets.ids }}"]
+      max_rows: 100''', '''    for_each: targets
+    sql:
+      system: cape
+      statement: "update tasks set status = 'failed_analysis', custom = $2 where id = $1 and status = 'pending'"
+      params: ["{{ item.id }}", "{{ targets | length }} found; old: {{ item.age_seconds > 3600 }}"]
+      max_rows: 1''')
+
+
+async def test_for_each_target_row_a_step_runs_with_its_columns(site: Site) -> None:
+    seed_cape(site.cape, stale=3)
+    report = await execute(site.setup(FOR_EACH))
+    assert (report.outcome, report.steps[0].rows) == ("succeeded", 3), report.error
+    assert site.cape.sql("select distinct custom from tasks where status = 'failed_analysis'") == \
+        "3 found; old: True"
+
+
+def test_a_playbook_reading_targets_must_set_them(site: Site) -> None:
+    with pytest.raises(ConfigError, match="step 'fail stale pending tasks' reads `targets` but the playbook sets no"):
+        site.setup(FAIL_STALE.replace("targets: stuck\n", "").replace("verify: targets\n", ""))
