@@ -63,6 +63,13 @@ MIGRATIONS = (
         constraint taskmedic_runs_once unique (playbook, fingerprint, starts_at))""",
     "create index if not exists taskmedic_runs_todo on taskmedic_runs (id) where status <> 'done'",
     "create index if not exists taskmedic_runs_recent on taskmedic_runs (playbook, started_at)",
+    # remediator.pause: one row per paused scope (a playbook, or "*" for all)
+    """create table if not exists taskmedic_pauses (
+        scope text primary key,
+        paused_at timestamptz not null default now(),
+        paused_by text not null default '',
+        reason text not null default '',
+        until timestamptz)""",
 )
 
 COLUMNS = ("id, playbook, fingerprint, starts_at, alert_status, labels, annotations, ends_at, generator_url, "

@@ -24,6 +24,7 @@ from remediator.config import Playbook, Setup
 from remediator.engine import Engine, Report
 from remediator.journal import Journal, JournalUnavailable, Run
 from remediator.metrics import Metrics
+from remediator.pause import Pauses
 
 log = logging.getLogger("taskmedic.remediator.worker")
 
@@ -47,10 +48,18 @@ class Worker:
         self.journal = journal
         self.engine = engine
         self.metrics = metrics
+        self.pauses = Pauses(journal)
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(self.settings.workers)
         self._active: dict[int, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
+
+    def reconfigure(self, setup: Setup) -> None:
+        """Take reloaded playbooks and settings: runs claimed from now on use them; a run already
+        executing finishes with the playbook it started with."""
+        self.playbooks = {p.name: p for p in setup.playbooks}
+        self.settings = setup.settings
+        self.engine.systems = setup.config.systems
 
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._claim_loop(), name="claim"),
@@ -122,6 +131,7 @@ class Worker:
             try:
                 await self._recover()
                 await self._refresh_circuits()
+                self.metrics.show_pauses(await self.pauses.active())
                 self.metrics.journal_up.set(1)
             except JournalUnavailable as e:
                 self.metrics.journal_up.set(0)
@@ -180,6 +190,9 @@ class Worker:
             yield got
 
     async def _guarded(self, run: Run, playbook: Playbook) -> Report:
+        pause = await self.pauses.applying_to(playbook.name)
+        if pause is not None:
+            return Report("suppressed", error=pause.describe())
         if playbook.cooldown and await self.journal.recently_acted(run, playbook.cooldown):
             return Report("suppressed", error=f"cooldown: this alert was acted on less than "
                                               f"{playbook.cooldown:g}s ago")
