@@ -293,7 +293,8 @@ def make_app(setup: Setup, run_worker: bool = True) -> web.Application:
         connections = Connections("taskmedic-remediator", settings.statement_timeout)
         _warn_if_open(settings)
         if run_worker:
-            engine = Engine(setup.config.systems, connections, settings.statement_timeout)
+            engine = Engine(setup.config.systems, connections, settings.statement_timeout,
+                            setup.config.disks, setup.config.backups)
             state.worker = Worker(setup, journal, engine, state.metrics)
             state.worker.start()
         try:

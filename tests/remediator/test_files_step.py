@@ -14,12 +14,12 @@ import pytest
 from exporter.collectors.disk import DiskCollector
 from remediator.steps import files
 from taskmedic.config.model import Disk
-from tests.remediator.kit import Site, StartApp, alert, execute, payload, post, seed_cape, settled
+from tests.remediator.kit import Site, StartApp, alert, execute, payload, post, seed_cape, settled, trusting_labels
 
 
 def book(files: str, before: str = "") -> str:
-    return ("name: t\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n" + before
-            + f"  - name: free disk\n    files: {{{files}}}\n")
+    return trusting_labels("name: t\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n" + before
+                           + f"  - name: free disk\n    files: {{{files}}}\n")
 
 
 def analyses(root: Path, ids: range, age_days: float = 10) -> None:

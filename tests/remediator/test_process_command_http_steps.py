@@ -15,11 +15,11 @@ from aiohttp import web
 
 from taskmedic.config.loader import ConfigError
 from tests.engines import engine_program, reaped, start_engine, start_look_alikes
-from tests.remediator.kit import Site, execute
+from tests.remediator.kit import Site, execute, trusting_labels
 
 
 def book(step: str) -> str:
-    return f"name: t\nmatch: {{alertname: TaskmedicStuckTasks}}\nsteps:\n  - name: act\n    {step}\n"
+    return trusting_labels(f"name: t\nmatch: {{alertname: TaskmedicStuckTasks}}\nsteps:\n  - name: act\n    {step}\n")
 
 
 def engine_book(task_pid: int, task_started: str = "now()", **process: str) -> str:
