@@ -49,9 +49,14 @@ class Runtime:
         self.snapshot = self.snapshot.with_result(collector.name, result)
 
     async def _loop(self, collector: Collector) -> None:
+        this = asyncio.current_task()
         while True:
             started = time.monotonic()
             self._record(collector, await run_once(collector))
+            # Python 3.11's wait_for can swallow a cancel that lands as the collector finishes;
+            # without this the loop would sleep a whole interval before stop() could end it.
+            if this is not None and this.cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(max(collector.interval - (time.monotonic() - started), 0.0))
 
     def start(self) -> None:
