@@ -40,6 +40,13 @@ class StepRecord:
     duration_seconds: float = 0.0
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    kept: bool = False  # it changed something outside the run's SQL transaction: no rollback undoes it
+
+
+def kept_effects(records: list[StepRecord]) -> str:
+    """What a failed or refused run leaves done: the earlier steps that acted outside its SQL transaction."""
+    kept = [f"step {r.name!r} ({r.type}, {r.rows} affected)" for r in records if r.kept and r.outcome == "ok"]
+    return f"; kept, not rolled back: {', '.join(kept)}" if kept else ""
 
 
 @dataclass
@@ -98,7 +105,7 @@ class Engine:
                 record = await self._step(step, ctx, run_id)
                 records.append(record)
                 if record.outcome in ("failed", "refused"):
-                    return record.outcome, f"step {step.name!r}: {record.error}"
+                    return record.outcome, f"step {step.name!r}: {record.error}{kept_effects(records[:-1])}"
             await transactions.settle(commit=not dry_run)
             settled = True
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
@@ -116,7 +123,7 @@ class Engine:
         started = time.monotonic()
         try:
             result = await (self._each(step, ctx) if step.for_each else STEP_TYPES[step.kind].run(step.spec, ctx))
-            record.rows, record.detail = result.rows, result.detail
+            record.rows, record.detail, record.kept = result.rows, result.detail, result.kept and not ctx.dry_run
             if result.rows_returned is not None:
                 ctx.outputs[step.name] = result.rows_returned
         except (Refused, StepFailed) as e:
@@ -140,12 +147,13 @@ class Engine:
         Each run keeps its own guard; the rows it outputs are gathered for later steps."""
         assert step.for_each is not None
         items = ctx.outputs.get(step.for_each, [])
-        total = StepResult(detail={"for_each": step.for_each, "items": len(items), "each": []})
+        total = StepResult(detail={"for_each": step.for_each, "items": len(items), "each": []}, kept=False)
         kept: list[Row] = []
         for item in items:
             result = await STEP_TYPES[step.kind].run(step.spec, replace(ctx, variables={**ctx.variables,
                                                                                         "item": item}))
             total.rows += result.rows
+            total.kept |= result.kept
             if len(total.detail["each"]) < 20:
                 total.detail["each"].append(result.detail)
             kept += result.rows_returned or []

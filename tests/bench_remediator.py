@@ -56,6 +56,7 @@ steps:
       statement: "insert into bench_marks (fingerprint, at) values ($1, clock_timestamp())"
       params: ["{{ alert.fingerprint }}"]
       max_rows: 1
+      max_rows_after_write: true
 """
 
 # The shipped CAPE playbook's repair, limited with the batch size. Each row stamps the moment it

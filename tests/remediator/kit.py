@@ -37,9 +37,8 @@ steps:
   - name: fail stale pending tasks
     sql:
       system: cape
-      statement: >-
-        update tasks set status = 'failed_analysis'
-        where status = 'pending' and added_on < localtimestamp - $1::interval
+      keys: "select id from tasks where status = 'pending' and added_on < localtimestamp - $1::interval"
+      statement: "update tasks set status = 'failed_analysis' where id = any($1) and status = 'pending'"
       params: ["{{ labels.older_than | default('1 hour') }}"]
       max_rows: 100
 """

@@ -58,7 +58,7 @@ steps:
 
 
 def test_unknown_systems_and_duplicate_names_are_caught_across_files(site: Site) -> None:
-    other = FAIL_STALE.replace("system: cape\n      statement", "system: capee\n      statement")
+    other = FAIL_STALE.replace("system: cape\n      keys", "system: capee\n      keys")
     path = site.write(FAIL_STALE, other)
     done = remediator("check", "--config", str(path))
     first, second = site.tmp / "playbooks" / "p0.yml", site.tmp / "playbooks" / "p1.yml"
@@ -100,6 +100,7 @@ def test_simulate_shows_matches_and_real_counts_without_changing_anything(site: 
         "    step 'fail stale pending tasks' (sql): dry_run, 5 rows",
         '      system: "cape"',
         '      params: ["1 hour"]',
+        "      keys: 5",
         "      rows: 5",
         "alert 2/2: SomethingElse (firing, fingerprint f2)",
         "  no playbook matches"]

@@ -56,8 +56,8 @@ async def test_more_rows_than_max_rows_is_refused_and_rolled_back(site: Site, st
     await post(client, payload())
     [run] = await settled(site)
     assert run["outcome"] == "refused"
-    assert run["error"] == ("step 'fail stale pending tasks': 150 rows would be affected, more than max_rows 100; "
-                            "rolled back")
+    assert run["error"] == ("step 'fail stale pending tasks': more than max_rows 100 rows would be affected; "
+                            "refused before anything was written")
     assert count(site.cape, STALE) == 150
 
 
@@ -105,8 +105,8 @@ steps:
   - name: fail only two
     sql:
       system: cape
-      statement: "update tasks set status = 'failed_analysis' where id in (select id from tasks where status = 'pending'
-                  order by id limit 2)"
+      keys: "select id from tasks where status = 'pending' order by id limit 2"
+      statement: "update tasks set status = 'failed_analysis' where id = any($1)"
 verify:
   sql: {{system: cape, query: "select count(*) from tasks where {STALE}", expect: 0}}
 """

@@ -30,7 +30,7 @@ async def test_the_audit_trail_lists_and_filters_runs(site: Site, start: StartAp
     status, body = await get(client, "/runs?outcome=refused&playbook=cape-fail-stale-pending&limit=5")
     [refused] = body["runs"]
     assert (refused["fingerprint"], refused["labels"]["reason"]) == ("f1", "pending_too_long")
-    assert refused["steps"][0]["error"].startswith("150 rows would be affected")
+    assert refused["steps"][0]["error"].startswith("more than max_rows 100 rows would be affected")
     assert await get(client, f"/runs/{refused['id']}") == (200, refused)
     assert (await get(client, "/runs/999999"))[0] == 404
     assert (await get(client, "/runs/abc"))[0] == 400

@@ -26,7 +26,8 @@ match: {{alertname: TaskmedicStuckTasks}}
 retry_interrupted: true
 steps:
   - name: fail stale pending tasks
-    sql: {{system: cape, statement: "update tasks set status = 'failed_analysis' where {STALE}"}}
+    sql: {{system: cape, statement: "update tasks set status = 'failed_analysis' where {STALE}",
+          max_rows_after_write: true}}
   - name: wait for the test
     sql: {{system: cape, query: "select pg_sleep(case when to_regclass('released') is null then 30 else 0 end)"}}
 """
