@@ -16,6 +16,8 @@ def parser() -> argparse.ArgumentParser:
     p, sub = commandline.base_parser("taskmedic-exporter",
                                      "Prometheus exporter for stuck tasks, queues, disks and backups.",
                                      "address to serve /metrics on (default 0.0.0.0:9863)", "{check}")
+    p.add_argument("--web.enable-lifecycle", dest="web_enable_lifecycle", action="store_true",
+                   help="also reload the config on POST /-/reload (SIGHUP always reloads it)")
     check = sub.add_parser("check", help="validate the config (and with --connect, reach every source)")
     commandline.add_common(check)
     check.add_argument("--connect", action="store_true",
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     from exporter.server import make_app
 
     listen = args.listen or commandline.parse_listen(config.exporter.listen)
-    return commandline.serve(lambda: make_app(config), listen, "exporter")
+    return commandline.serve(lambda: make_app(config, args.config, args.web_enable_lifecycle), listen, "exporter",
+                             args.web_config_file)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,10 @@ async def run_once(collector: Collector) -> CollectorResult:
 
 
 class Runtime:
-    def __init__(self, collectors: list[Collector]) -> None:
+    def __init__(self, collectors: list[Collector], previous: Snapshot | None = None) -> None:
         self.collectors = collectors
-        self.snapshot = Snapshot.empty([c.name for c in collectors])
+        subjects = {c.name: c.subject for c in collectors}
+        self.snapshot = previous.carried_into(subjects) if previous is not None else Snapshot.empty(subjects)
         self._tasks: list[asyncio.Task[None]] = []
 
     def _record(self, collector: Collector, result: CollectorResult) -> None:

@@ -74,6 +74,13 @@ MIGRATIONS = (
     # The fair claim reads the oldest pending run of each playbook; retention the oldest finished.
     "create index if not exists taskmedic_runs_pending on taskmedic_runs (playbook, id) where status = 'pending'",
     "create index if not exists taskmedic_runs_finished on taskmedic_runs (finished_at) where status = 'done'",
+    # remediator.pause: one row per paused scope (a playbook, or "*" for all)
+    """create table if not exists taskmedic_pauses (
+        scope text primary key,
+        paused_at timestamptz not null default now(),
+        paused_by text not null default '',
+        reason text not null default '',
+        until timestamptz)""",
 )
 
 COLUMNS = ("id, playbook, fingerprint, starts_at, alert_status, labels, annotations, ends_at, generator_url, "

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
 from remediator.journal import OUTCOMES
+from remediator.pause import Pause
+from taskmedic.reload import ReloadStatus
+from taskmedic.selfmetrics import add_self_metrics
+
+# `*_created` series double every counter's cardinality and no dashboard or alert reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
-    def __init__(self, playbooks: Iterable[str]) -> None:
+    def __init__(self, playbooks: Iterable[str], reload_status: Callable[[], ReloadStatus] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        if reload_status is not None:
+            add_self_metrics(r, reload_status)
         # exposed as taskmedic_remediation_runs_total (prometheus_client adds _total)
         self.runs = Counter("taskmedic_remediation_runs", "Finished playbook runs by outcome (updated as runs end).",
                             ["playbook", "outcome"], registry=r)
@@ -33,7 +41,19 @@ class Metrics:
         self.journal_up = Gauge("taskmedic_remediator_journal_up",
                                 "1 when the journal database answered the last query (refreshed every few seconds).",
                                 registry=r)
-        for name in playbooks:  # every series exists from the start, so rate() and alerts see zeros
+        self.paused = Gauge("taskmedic_remediation_paused_since_timestamp_seconds",
+                            "Unix time since which remediation is paused, per scope (a playbook, or * for all); "
+                            "absent when not paused (refreshed every few seconds).", ["scope"], registry=r)
+        self.add_playbooks(playbooks)
+
+    def show_pauses(self, pauses: Iterable[Pause]) -> None:
+        self.paused.clear()
+        for pause in pauses:
+            self.paused.labels(pause.scope).set(pause.paused_at.timestamp())
+
+    def add_playbooks(self, playbooks: Iterable[str]) -> None:
+        """Every series exists from the start (and from a reload), so rate() and alerts see zeros."""
+        for name in playbooks:
             self.circuit.labels(name).set(0)
             self.over_cap.labels(name)
             for outcome in OUTCOMES:

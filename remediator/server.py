@@ -16,15 +16,19 @@ from typing import Any
 
 from aiohttp import web
 
-from remediator.config import Setup
+from remediator.config import Setup, load_setup
 from remediator.engine import Engine
 from remediator.journal import OUTCOMES, STATUSES, Journal, JournalUnavailable, NewRun
 from remediator.matching import matching
 from remediator.metrics import Metrics
+from remediator.pause import GLOBAL, Pauses
 from remediator.webhook import Credentials, InvalidPayload, Payload, parse
 from remediator.worker import Worker
 from taskmedic import __version__
+from taskmedic.config.model import parse_duration
 from taskmedic.connections import Connections
+from taskmedic.reload import RELOADER, Reloader, reload_response
+from taskmedic.webconfig import OWN_CREDENTIALS, WEB_USER
 
 log = logging.getLogger("taskmedic.remediator.webhook")
 
@@ -38,6 +42,10 @@ class State:
     metrics: Metrics
     journal: Journal
     worker: Worker | None = None
+
+    @property
+    def pauses(self) -> Pauses:
+        return Pauses(self.journal)
 
 
 STATE = web.AppKey("state", State)
@@ -76,10 +84,15 @@ def _match(state: State, payload: Payload) -> tuple[list[NewRun], int, int]:
     return runs, unmatched, sum(over.values())
 
 
+def authenticated(state: State, request: web.Request) -> bool:
+    """The webhook's own credentials, or a user the `--web.config.file` basic auth admitted."""
+    return bool(request.get(WEB_USER)) or state.credentials.allows(request.headers.get("Authorization"))
+
+
 async def receive(state: State, request: web.Request) -> web.Response:
     """POST /alerts: 401 before the body is read, 413, 400 with each problem, 503 when the
     journal cannot take the runs, 200 once they are committed."""
-    if not state.credentials.allows(request.headers.get("Authorization")):
+    if not authenticated(state, request):
         return _answer(state, 401, {"error": "unauthorized"})
     limit = state.setup.settings.max_body_bytes
     if (request.content_length or 0) > limit:
@@ -117,7 +130,7 @@ def _json_error(error: type[web.HTTPException], message: str) -> web.HTTPExcepti
 
 def _authorized(request: web.Request) -> None:
     state = request.app[STATE]
-    if state.setup.settings.auth.protect_runs and not state.credentials.allows(request.headers.get("Authorization")):
+    if state.setup.settings.auth.protect_runs and not authenticated(state, request):
         raise _json_error(web.HTTPUnauthorized, "unauthorized")
 
 
@@ -184,13 +197,92 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+# Settings that belong to resources opened at start-up; a reload keeps the running values.
+_RESTART_ONLY = ("journal", "listen", "replica", "workers", "lease", "max_body_bytes")
+
+
+async def _apply(state: State, new: Setup) -> None:
+    """Put a reloaded setup in place: credentials, playbooks and systems at once."""
+    old = state.setup.settings
+    changed = [k for k in _RESTART_ONLY if getattr(old, k) != getattr(new.settings, k)]
+    if changed:
+        log.warning("reload: these settings take effect at the next restart", extra={"settings": changed})
+    state.setup, state.credentials = new, Credentials(new.tokens, new.basic)
+    state.metrics.add_playbooks(p.name for p in new.playbooks)
+    if state.worker is not None:
+        state.worker.reconfigure(new)
+
+
+async def post_reload(request: web.Request) -> web.Response:
+    """POST /-/reload: the same credentials as POST /alerts."""
+    if not authenticated(request.app[STATE], request):
+        raise _json_error(web.HTTPUnauthorized, "unauthorized")
+    return await reload_response(request.app[RELOADER])
+
+
+async def _pause_body(request: web.Request) -> dict[str, Any]:
+    if not authenticated(request.app[STATE], request):
+        raise _json_error(web.HTTPUnauthorized, "unauthorized")
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise _json_error(web.HTTPBadRequest, "expected a JSON object") from None
+    if not isinstance(body, dict) or set(body) - {"playbook", "reason", "for"}:
+        raise _json_error(web.HTTPBadRequest, "expected a JSON object with playbook, reason and/or for")
+    playbook = body.get("playbook", GLOBAL)
+    if playbook != GLOBAL and request.app[STATE].setup.playbook(str(playbook)) is None:
+        raise _json_error(web.HTTPBadRequest, f"no playbook named {playbook!r}")
+    return body
+
+
+async def post_pause(request: web.Request) -> web.Response:
+    """POST /pause {"playbook": "...", "reason": "...", "for": "2h"}: every field optional."""
+    body = await _pause_body(request)
+    try:
+        seconds = parse_duration(body["for"]) if body.get("for") is not None else None
+    except ValueError as e:
+        raise _json_error(web.HTTPBadRequest, f"for: {e}") from None
+    state = request.app[STATE]
+    try:
+        pause = await state.pauses.pause(str(body.get("playbook", GLOBAL)), f"http@{request.remote}",
+                                         str(body.get("reason", ""))[:500], seconds)
+    except JournalUnavailable:
+        raise _json_error(web.HTTPServiceUnavailable, "journal unavailable") from None
+    log.warning("remediation paused", extra=pause.as_json())
+    return web.json_response(pause.as_json())
+
+
+async def post_resume(request: web.Request) -> web.Response:
+    body = await _pause_body(request)
+    scope = str(body.get("playbook", GLOBAL))
+    try:
+        resumed = await request.app[STATE].pauses.resume(scope)
+    except JournalUnavailable:
+        raise _json_error(web.HTTPServiceUnavailable, "journal unavailable") from None
+    log.warning("remediation resumed", extra={"scope": scope, "was_paused": resumed})
+    return web.json_response({"scope": scope, "resumed": resumed})
+
+
+async def get_pauses(request: web.Request) -> web.Response:
+    _authorized(request)
+    try:
+        active = await request.app[STATE].pauses.active()
+    except JournalUnavailable:
+        raise _json_error(web.HTTPServiceUnavailable, "journal unavailable") from None
+    return web.json_response({"paused": [p.as_json() for p in active]})
+
+
 def make_app(setup: Setup, run_worker: bool = True) -> web.Application:
     """The remediator app; with `run_worker=False` it only journals (tests of the webhook alone)."""
     settings = setup.settings
     app = web.Application(client_max_size=settings.max_body_bytes)
     journal = Journal(settings.journal, settings.replica_name, settings.lease, pool_size=settings.workers * 2 + 4)
+    reloader = Reloader(setup.path, load_setup, lambda new: _apply(app[STATE], new))
+    app[RELOADER] = reloader
+    app[OWN_CREDENTIALS] = lambda request: app[STATE].credentials.allows(request.headers.get("Authorization"))
     app[STATE] = State(setup=setup, credentials=Credentials(setup.tokens, setup.basic),
-                       metrics=Metrics(p.name for p in setup.playbooks), journal=journal)
+                       metrics=Metrics((p.name for p in setup.playbooks), lambda: reloader.status), journal=journal)
 
     async def running(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]
@@ -219,4 +311,8 @@ def make_app(setup: Setup, run_worker: bool = True) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/-/reload", post_reload)
+    app.router.add_post("/pause", post_pause)
+    app.router.add_post("/resume", post_resume)
+    app.router.add_get("/pause", get_pauses)
     return app

@@ -24,6 +24,7 @@ from remediator.config import Playbook, Setup
 from remediator.engine import Engine, Report
 from remediator.journal import PRUNE_BATCH, Journal, JournalUnavailable, Run
 from remediator.metrics import Metrics
+from remediator.pause import Pauses
 
 log = logging.getLogger("taskmedic.remediator.worker")
 
@@ -49,11 +50,19 @@ class Worker:
         self.journal = journal
         self.engine = engine
         self.metrics = metrics
+        self.pauses = Pauses(journal)
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(self.settings.workers)
         self._active: dict[int, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._next_prune = 0.0
+
+    def reconfigure(self, setup: Setup) -> None:
+        """Take reloaded playbooks and settings: runs claimed from now on use them; a run already
+        executing finishes with the playbook it started with."""
+        self.playbooks = {p.name: p for p in setup.playbooks}
+        self.settings = setup.settings
+        self.engine.systems = setup.config.systems
 
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._claim_loop(), name="claim"),
@@ -125,6 +134,7 @@ class Worker:
             try:
                 await self._recover()
                 await self._refresh_circuits()
+                self.metrics.show_pauses(await self.pauses.active())
                 await self._prune()
                 self.metrics.journal_up.set(1)
             except JournalUnavailable as e:
@@ -193,6 +203,9 @@ class Worker:
             yield got
 
     async def _guarded(self, run: Run, playbook: Playbook) -> Report:
+        pause = await self.pauses.applying_to(playbook.name)
+        if pause is not None:
+            return Report("suppressed", error=pause.describe())
         refusal = await self.journal.reserve(run, playbook.cooldown, playbook.max_runs_per_hour)
         if refusal is not None:
             if refusal.startswith("circuit open"):

@@ -13,6 +13,9 @@ from aiohttp import web
 
 from taskmedic import logs
 from taskmedic.config.loader import ConfigError
+from taskmedic.reload import RELOADER, ReloadStatus
+from taskmedic.selfmetrics import revision
+from taskmedic.webconfig import OWN_CREDENTIALS, load_web_config, middleware, ssl_context
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -20,8 +23,11 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 def add_common(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
     parser.add_argument("--config", metavar="FILE", required=default_config is None, default=default_config,
                         help="YAML config file")
-    parser.add_argument("--log-format", choices=["json", "text"], default="text")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    # The Prometheus ecosystem's spellings first; today's spellings stay as aliases.
+    parser.add_argument("--log.format", "--log-format", dest="log_format", choices=["logfmt", "json", "text"],
+                        default="logfmt", help="logfmt (text is an alias) or json")
+    parser.add_argument("--log.level", "--log-level", dest="log_level",
+                        choices=["debug", "info", "warning", "error"], default="info")
 
 
 def base_parser(prog: str, description: str, listen_help: str, commands: str) -> tuple[
@@ -30,9 +36,12 @@ def base_parser(prog: str, description: str, listen_help: str, commands: str) ->
     from taskmedic import __version__
 
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__} (revision {revision()})")
     add_common(p, default_config="")
-    p.add_argument("--listen", type=parse_listen, default=None, metavar="HOST:PORT", help=listen_help)
+    p.add_argument("--web.listen-address", "--listen", dest="listen", type=parse_listen, default=None,
+                   metavar="HOST:PORT", help=listen_help)
+    p.add_argument("--web.config.file", dest="web_config_file", metavar="FILE", default=None,
+                   help="TLS and basic auth, in the Prometheus exporter-toolkit's web config format")
     return p, p.add_subparsers(dest="command", metavar=commands)
 
 
@@ -58,21 +67,43 @@ def report_config_error(err: ConfigError) -> int:
     return EXIT_INVALID
 
 
-def serve(make_app: Callable[[], web.Application], listen: tuple[str, int], name: str) -> int:
-    """Run an aiohttp app until SIGTERM/SIGINT; cleanup contexts close everything."""
+def serve(make_app: Callable[[], web.Application], listen: tuple[str, int], name: str,
+          web_config_file: str | None = None) -> int:
+    """Run an aiohttp app until SIGTERM/SIGINT; cleanup contexts close everything. SIGHUP reloads
+    the config when the app has a reloader. A web config adds TLS and basic auth."""
     log = logging.getLogger(f"taskmedic.{name}")
+    tls = None
+    if web_config_file is not None:
+        try:
+            web_config, base = load_web_config(web_config_file)
+            if web_config.tls_server_config is not None:
+                tls = ssl_context(web_config.tls_server_config, base)
+        except ConfigError as err:
+            return report_config_error(err)
 
     async def main() -> None:
         app = make_app()
+        if web_config_file is not None:
+            app.middlewares.append(middleware(web_config, app.get(OWN_CREDENTIALS)))
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, listen[0], listen[1])
+        site = web.TCPSite(runner, listen[0], listen[1], ssl_context=tls)
         await site.start()
-        log.info("listening", extra={"address": f"{listen[0]}:{listen[1]}"})
+        log.info("listening", extra={"address": f"{listen[0]}:{listen[1]}", "tls": tls is not None})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloader = app.get(RELOADER)
+        if reloader is not None:
+            reloads: set[asyncio.Task[ReloadStatus]] = set()  # held until done: tasks are weakly referenced
+
+            def reload() -> None:
+                task = asyncio.create_task(reloader.reload())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
         log.info("shutting down")
         await runner.cleanup()

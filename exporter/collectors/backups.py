@@ -79,6 +79,10 @@ class BackupCollector:
         return f"backups:{self.label}"
 
     @property
+    def subject(self) -> tuple[str, str]:
+        return "backup", self.label
+
+    @property
     def interval(self) -> float:
         return self.backup.interval
 

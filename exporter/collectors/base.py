@@ -23,6 +23,12 @@ class Collector(Protocol):
         ...
 
     @property
+    def subject(self) -> tuple[str, str]:
+        """What the collector watches, as a label joinable with its own series:
+        ("system", "cape"), ("path", "/data"), ("backup", "sysreptor")."""
+        ...
+
+    @property
     def interval(self) -> float: ...
 
     @property
@@ -77,6 +83,10 @@ class SystemCollector:
     system_name: str
     system: System
     connections: Connections
+
+    @property
+    def subject(self) -> tuple[str, str]:
+        return "system", self.system_name
 
     @property
     def interval(self) -> float:

@@ -23,6 +23,10 @@ class DiskCollector:
         return f"disk:{self.disk.path}"
 
     @property
+    def subject(self) -> tuple[str, str]:
+        return "path", self.disk.path
+
+    @property
     def interval(self) -> float:
         return self.disk.interval
 

@@ -217,7 +217,9 @@ def _describe(err: Any, model: type[BaseModel], path: KeyPath) -> str:
     if kind == "missing":
         return "required key is missing"
     msg = str(err["msg"]).removeprefix("Value error, ")
-    secret = bool(path) and _SECRET_KEY.search(str(path[-1])) is not None
+    # A value under a secret-looking key is never echoed; nor is anything under basic_auth_users,
+    # whose keys are user names and whose values may be a password pasted in place of its hash.
+    secret = bool(path) and (_SECRET_KEY.search(str(path[-1])) is not None or "basic_auth_users" in path)
     if "input" in err and not secret and kind not in ("model_type", "dict_type") and not isinstance(
             err["input"], dict):
         shown = err["input"]
