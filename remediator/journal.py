@@ -64,16 +64,21 @@ MIGRATIONS = (
         constraint taskmedic_runs_once unique (playbook, fingerprint, starts_at))""",
     "create index if not exists taskmedic_runs_todo on taskmedic_runs (id) where status <> 'done'",
     "create index if not exists taskmedic_runs_recent on taskmedic_runs (playbook, started_at)",
-    # When a run passed its guards and was allowed to act: what cooldown and max_runs_per_hour count.
-    "alter table taskmedic_runs add column if not exists reserved_at timestamptz",
-    f"""update taskmedic_runs set reserved_at = started_at
-       where reserved_at is null and outcome in ({ACTED_SQL})
-         and started_at > now() - interval '1 day'""",
-    "create index if not exists taskmedic_runs_reserved on taskmedic_runs (playbook, reserved_at) "
-    "where reserved_at is not null",
-    # The fair claim reads the oldest pending run of each playbook; retention the oldest finished.
-    "create index if not exists taskmedic_runs_pending on taskmedic_runs (playbook, id) where status = 'pending'",
-    "create index if not exists taskmedic_runs_finished on taskmedic_runs (finished_at) where status = 'done'",
+    # Guards (reserved_at: when a run passed them and was allowed to act), the fair claim (the
+    # oldest pending run of each playbook) and retention (the oldest finished runs). Done once:
+    # ALTER TABLE would take an exclusive lock at every start even when there is nothing to add.
+    f"""do $$ begin
+        if not exists (select from pg_attribute where attrelid = 'taskmedic_runs'::regclass
+                                                   and attname = 'reserved_at' and not attisdropped) then
+            alter table taskmedic_runs add column reserved_at timestamptz;
+            update taskmedic_runs set reserved_at = started_at
+            where outcome in ({ACTED_SQL}) and started_at > now() - interval '1 day';
+            create index taskmedic_runs_reserved on taskmedic_runs (playbook, reserved_at)
+                where reserved_at is not null;
+            create index taskmedic_runs_pending on taskmedic_runs (playbook, id) where status = 'pending';
+            create index taskmedic_runs_finished on taskmedic_runs (finished_at) where status = 'done';
+        end if;
+    end $$""",
     # remediator.pause: one row per paused scope (a playbook, or "*" for all)
     """create table if not exists taskmedic_pauses (
         scope text primary key,
