@@ -15,7 +15,7 @@ exclusive: false
 {guard}
 steps:
   - name: take a while
-    sql: {{system: cape, query: "select pg_sleep(0.5)"}}
+    sql: {{system: cape, query: "select pg_sleep(1)"}}
 """
 
 
@@ -27,8 +27,9 @@ async def test_eight_alerts_under_max_runs_per_hour_3_act_three_times_across_two
         site: Site, start: StartApp) -> None:
     seed_cape(site.cape)
     book = RACY.format(guard="max_runs_per_hour: 3")
-    first = await start(site.setup(book, workers=4, replica="a"))
-    await start(site.setup(book, workers=4, replica="b"))
+    # Two workers each: while replica a's two are busy, replica b's take the rest.
+    first = await start(site.setup(book, workers=2, replica="a"))
+    await start(site.setup(book, workers=2, replica="b"))
     await post(first, payload(*(alert(f"f{i}") for i in range(8))))
     runs = await settled(site, 8)
     assert outcomes(runs) == {"succeeded": 3, "suppressed": 5}, runs
