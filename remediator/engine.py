@@ -23,7 +23,7 @@ from remediator.config import Check, Playbook, RedisCheck, SqlCheck, Step
 from remediator.matching import AlertInfo
 from remediator.steps import STEP_TYPES, Refused, RunContext, StepFailed, StepResult, Transactions
 from remediator.steps.base import Row
-from remediator.steps.sql import as_text, execute
+from remediator.steps.sql import as_text, fetch_at_most
 from remediator.templating import RenderError, render, render_all
 from taskmedic.config.model import System
 from taskmedic.connections import Connections
@@ -192,7 +192,7 @@ class Engine:
         values = render_all([as_text(p) for p in check.params], variables)
         pool = await self.connections.pg(system.database, system.timezone, self.statement_timeout)
         async with pool.acquire() as conn, conn.transaction(readonly=True):
-            rows, _ = await execute(conn, check.query, values)
+            rows = await fetch_at_most(conn, check.query, values, 1)  # only its first row counts
         return _number(rows[0][0] if rows and len(rows[0]) else None)
 
     async def _measure_redis(self, check: RedisCheck, variables: dict[str, Any]) -> float:

@@ -137,11 +137,6 @@ async def run_prepared(statement: Any, args: list[Any]) -> tuple[list[Any], int]
     return list(rows), int(last) if last.isdigit() else len(rows)
 
 
-async def execute(conn: Any, sql: str, values: list[str]) -> tuple[list[Any], int]:
-    """Run `sql` with bound values; returns the rows and the count PostgreSQL reports."""
-    return await run_prepared(*await prepare(conn, sql, values))
-
-
 async def _set_timeout(conn: Any, timeout: float | None) -> None:
     if timeout is not None:
         await conn.execute("select set_config('statement_timeout', $1, true)", str(int(timeout * 1000)))
