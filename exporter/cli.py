@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     listen = args.listen or commandline.parse_listen(config.exporter.listen)
     return commandline.serve(lambda: make_app(config, args.config, args.web_enable_lifecycle), listen, "exporter",
-                             args.web_config_file)
+                             config.exporter.http, args.web_config_file)
 
 
 if __name__ == "__main__":

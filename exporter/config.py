@@ -6,11 +6,12 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from taskmedic.config.model import Backup, Disk, Model, Name, System
+from taskmedic.config.model import Backup, Disk, HttpLimits, Model, Name, System
 
 
 class ExporterSettings(Model):
     listen: str = "0.0.0.0:9863"
+    http: HttpLimits = HttpLimits()
 
 
 class ExporterConfig(Model):

@@ -61,10 +61,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            f"file. {_BACKUP}", ("backup",)),
     Family("taskmedic_backup_last_valid_timestamp_seconds", f"Modification time of the newest backup file "
            f"that checked valid (0 when none). {_BACKUP}", ("backup",)),
-    Family("taskmedic_backup_valid", "1 when the newest finished backup file is structurally complete "
-           f"(zip central directory, gzip stream, tar end, pg_dump header), else 0. {_BACKUP}", ("backup",)),
-    Family("taskmedic_backup_in_progress", f"1 while the newest backup file is being written. {_BACKUP}",
-           ("backup",)),
+    Family("taskmedic_backup_valid", "1 when the newest finished backup file is complete (zip central "
+           "directory and, with verify_data, member CRCs; gzip stream; tar end; pg_dump TOC and data blocks; "
+           f"plain dump completion line), 0 when not or unreadable. {_BACKUP}", ("backup",)),
+    Family("taskmedic_backup_in_progress", "1 while a backup file is being written (open for writing by a "
+           f"process, or modified recently or since the last check). {_BACKUP}", ("backup",)),
+    Family("taskmedic_backup_data_verified", "1 when the newest finished file has been read through (gzip "
+           "stream, pg_dump data blocks, zip member CRCs with verify_data) and that counts in "
+           f"taskmedic_backup_valid; 0 until then. {_BACKUP}", ("backup",)),
     Family("taskmedic_backup_files", f"Number of files matching the backup pattern. {_BACKUP}", ("backup",)),
     Family("taskmedic_collector_up", f"1 when the collector's last run succeeded. {_SELF}", ("collector",)),
     Family("taskmedic_collector_duration_seconds", f"Duration of the collector's last run. {_SELF}",

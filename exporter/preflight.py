@@ -11,6 +11,7 @@ from exporter.collectors.tasks import build_live_query
 from exporter.config import ExporterConfig
 from taskmedic.config.model import redact
 from taskmedic.connections import Connections
+from taskmedic.logs import scrub
 
 
 def seq_scans(plan: Any) -> list[str]:
@@ -51,7 +52,7 @@ async def preflight(config: ExporterConfig, file: str) -> int:
                                 print(f"{name}: database {where}: reachable; live query uses indexes")
                 except Exception as e:  # report every unreachable source, not just the first
                     problems += 1
-                    print(f"{file}: systems.{name}.database: cannot query {where}: {type(e).__name__}: {e}",
+                    print(f"{file}: systems.{name}.database: cannot query {where}: {type(e).__name__}: {scrub(str(e))}",
                           file=sys.stderr)
             if system.redis is not None:
                 where = redact(system.redis.get_secret_value())
@@ -60,7 +61,7 @@ async def preflight(config: ExporterConfig, file: str) -> int:
                     print(f"{name}: redis {where}: reachable")
                 except Exception as e:
                     problems += 1
-                    print(f"{file}: systems.{name}.redis: cannot reach {where}: {type(e).__name__}: {e}",
+                    print(f"{file}: systems.{name}.redis: cannot reach {where}: {type(e).__name__}: {scrub(str(e))}",
                           file=sys.stderr)
         problems += check_paths(config, file)
     finally:

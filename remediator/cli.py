@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     from remediator.server import make_app
 
     listen = args.listen or commandline.parse_listen(setup.settings.listen)
-    return commandline.serve(lambda: make_app(setup), listen, "remediator", args.web_config_file)
+    return commandline.serve(lambda: make_app(setup), listen, "remediator", setup.settings.http,
+                             args.web_config_file)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from remediator.steps import (
     STEP_TYPES,
@@ -30,7 +30,7 @@ from remediator.steps import (
 from remediator.steps.sql import Param, reject_templated_sql
 from remediator.templating import Template
 from taskmedic.config.loader import ConfigError, Document, KeyPath, expand_env, format_path, load, parse_yaml, validate
-from taskmedic.config.model import Duration, Model, Name, PostgresDsn, System
+from taskmedic.config.model import Duration, HttpLimits, Model, Name, PostgresDsn, System
 
 Need = Literal["database", "redis"]
 
@@ -50,9 +50,25 @@ class BasicAuth(Model):
         return self
 
 
+NO_AUTH_HINT = ("set bearer_token, bearer_token_file or basic_auth; or write `auth: none` to accept alerts "
+                "from anyone who can reach the port (not recommended)")
+
+
+def _auth_or_none(value: Any) -> Any:
+    """`auth: none` (explicitly) is the only way to run without credentials; no `auth` at all is an error."""
+    if value is None:
+        return {}  # refused below, with the hint
+    if isinstance(value, str):
+        if value.strip().lower() != "none":
+            raise ValueError("expected a mapping of credentials or the word `none`")
+        return {"unauthenticated": True}
+    return value
+
+
 class AuthSettings(Model):
     """Who may post alerts (and read /runs). Several tokens may be valid at once, for rotation."""
 
+    unauthenticated: bool = False  # `auth: none`: anyone may post alerts and read /runs
     bearer_token: SecretStr | None = None
     bearer_tokens: list[SecretStr] = Field(default_factory=list)
     bearer_token_file: str | None = None  # one token per line
@@ -67,13 +83,23 @@ class AuthSettings(Model):
             raise ValueError("a bearer token cannot be empty (is its environment variable set to ''?)")
         return value
 
+    @model_validator(mode="after")
+    def _credentials_or_none(self) -> AuthSettings:
+        has_credentials = bool(self.bearer_token or self.bearer_tokens or self.bearer_token_file or self.basic_auth)
+        if self.unauthenticated and has_credentials:
+            raise ValueError("`auth: none` cannot be combined with credentials; drop one")
+        if not self.unauthenticated and not has_credentials:
+            raise ValueError(f"credentials are required: {NO_AUTH_HINT}")
+        return self
+
 
 class RemediatorSettings(Model):
     journal: PostgresDsn
     playbooks: str | list[str] = Field(min_length=1)
-    auth: AuthSettings = AuthSettings()
+    auth: Annotated[AuthSettings, BeforeValidator(_auth_or_none)] = Field(default=None, validate_default=True)
     dry_run: bool = False
     listen: str = "0.0.0.0:9864"
+    http: HttpLimits = HttpLimits()
     replica: str | None = None  # recorded on each run; default hostname:pid
     workers: int = Field(default=4, ge=1, le=64)  # runs executed at once by this replica
     lease: Duration = Field(default=30.0, ge=1)  # a run whose lease expired is marked interrupted

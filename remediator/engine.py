@@ -35,7 +35,7 @@ log = logging.getLogger("taskmedic.remediator.run")
 class StepRecord:
     name: str
     type: str
-    outcome: str  # ok | dry_run | failed | refused
+    outcome: str  # ok | dry_run | failed | refused | interrupted (the run was cancelled during it)
     rows: int = 0
     duration_seconds: float = 0.0
     error: str | None = None
@@ -76,10 +76,14 @@ class Engine:
         self.connections = connections
         self.statement_timeout = statement_timeout
 
-    async def execute(self, playbook: Playbook, alert: AlertInfo, dry_run: bool, run_id: int | None = None) -> Report:
+    async def execute(self, playbook: Playbook, alert: AlertInfo, dry_run: bool, run_id: int | None = None,
+                      report: Report | None = None) -> Report:
+        """Run the playbook, filling `report` (a new one if not given) as it goes: a caller that
+        cancels the run (timeout) keeps the steps done so far, the interrupted one included."""
         dry_run = dry_run or playbook.dry_run
         variables = alert.variables()
-        report = Report(outcome="failed", dry_run=dry_run)
+        report = report if report is not None else Report(outcome="failed")
+        report.outcome, report.dry_run = "failed", dry_run
         if playbook.precheck is not None:
             try:
                 report.precheck = await self.measure(playbook.precheck, variables)
@@ -102,8 +106,9 @@ class Engine:
         settled = False
         try:
             for step in playbook.steps:
-                record = await self._step(step, ctx, run_id)
+                record = StepRecord(name=step.name, type=step.kind, outcome="dry_run" if dry_run else "ok")
                 records.append(record)
+                await self._step(step, ctx, run_id, record)
                 if record.outcome in ("failed", "refused"):
                     return record.outcome, f"step {step.name!r}: {record.error}{kept_effects(records[:-1])}"
             await transactions.settle(commit=not dry_run)
@@ -118,9 +123,9 @@ class Engine:
                 await transactions.abandon()
         return ("dry_run" if dry_run else "succeeded"), None
 
-    async def _step(self, step: Step, ctx: RunContext, run_id: int | None) -> StepRecord:
-        record = StepRecord(name=step.name, type=step.kind, outcome="dry_run" if ctx.dry_run else "ok")
+    async def _step(self, step: Step, ctx: RunContext, run_id: int | None, record: StepRecord) -> None:
         started = time.monotonic()
+        ctx = replace(ctx, progress=record.detail)
         try:
             result = await (self._each(step, ctx) if step.for_each else STEP_TYPES[step.kind].run(step.spec, ctx))
             record.rows, record.detail, record.kept = result.rows, result.detail, result.kept and not ctx.dry_run
@@ -135,12 +140,15 @@ class Engine:
             record.outcome, record.error = "failed", f"{type(e).__name__}: {e}"
             log.exception("step %s: unexpected error", step.name, extra={
                 "run_id": run_id, "playbook": ctx.playbook, "step": step.name, "type": step.kind})
+        except asyncio.CancelledError:  # the run's timeout or a shutdown; record.detail is its progress
+            record.outcome, record.error = "interrupted", "cancelled while running (run timeout or shutdown)"
+            record.duration_seconds = round(time.monotonic() - started, 4)
+            raise
         record.duration_seconds = round(time.monotonic() - started, 4)
         log.info("step %s: %s", step.name, record.outcome,
                  extra={"run_id": run_id, "playbook": ctx.playbook, "step": step.name, "type": step.kind,
                         "outcome": record.outcome, "rows": record.rows, "duration_seconds": record.duration_seconds,
                         "error": record.error, "dry_run": ctx.dry_run})
-        return record
 
     async def _each(self, step: Step, ctx: RunContext) -> StepResult:
         """Run the step once per output row of `for_each`, that row being `item` in its templates.

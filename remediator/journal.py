@@ -98,7 +98,11 @@ PRUNE_BATCH = 1000  # finished runs deleted per statement by retention
 
 # What counts as "the journal is unreachable": the webhook answers 503 and Alertmanager retries.
 # A server-side error (read-only after a failover, disk full, ...) counts too: retrying later is right.
-UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# So does a connection whose protocol broke mid-operation (a reply out of order from a failing
+# server or proxy): asyncpg aborts it and raises InternalClientError ("cannot switch to state 12",
+# "release() called on a free connection holder"); a fresh connection is the cure.
+UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                                                asyncpg.InternalClientError)
 
 
 class JournalUnavailable(Exception):

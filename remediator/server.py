@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from remediator.config import Setup, load_setup
+from remediator.config import RemediatorSettings, Setup, load_setup
 from remediator.engine import Engine
 from remediator.journal import OUTCOMES, STATUSES, Journal, JournalUnavailable, NewRun
 from remediator.matching import matching
@@ -27,6 +27,7 @@ from remediator.worker import Worker
 from taskmedic import __version__
 from taskmedic.config.model import parse_duration
 from taskmedic.connections import Connections
+from taskmedic.listening import BodyTimeout
 from taskmedic.reload import RELOADER, Reloader, reload_response
 from taskmedic.webconfig import OWN_CREDENTIALS, WEB_USER
 
@@ -101,6 +102,8 @@ async def receive(state: State, request: web.Request) -> web.Response:
         payload = parse(await request.read())
     except web.HTTPRequestEntityTooLarge:
         return _answer(state, 413, {"error": f"body larger than {limit} bytes"})
+    except BodyTimeout as e:  # the connection is closed already; counted, never delivered
+        return _answer(state, 408, {"error": e.text})
     except InvalidPayload as e:
         return _answer(state, 400, {"error": "invalid Alertmanager webhook payload", "problems": e.problems})
     runs, unmatched, over_cap = _match(state, payload)
@@ -175,20 +178,27 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Status for anyone (probes); which playbooks, replica and version only with the webhook credentials."""
+    if not authenticated(request.app[STATE], request):
+        return web.json_response({"status": "ok"})
     setup = request.app[STATE].setup
     return web.json_response({"status": "ok", "version": __version__, "replica": setup.settings.replica_name,
                               "playbooks": [p.name for p in setup.playbooks], "dry_run": setup.settings.dry_run})
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Status for anyone; why not ready (loop names, the journal's error with its user@host) only
+    with the webhook credentials."""
+    details = authenticated(request.app[STATE], request)
     worker = request.app[STATE].worker
     stopped = worker.stopped_loops() if worker is not None else []
     if stopped:
-        return web.json_response({"status": "worker stopped", "loops": stopped}, status=503)
+        return web.json_response({"status": "worker stopped", **({"loops": stopped} if details else {})}, status=503)
     try:
         await request.app[STATE].journal.ping()
     except JournalUnavailable as e:
-        return web.json_response({"status": "journal unavailable", "error": str(e)}, status=503)
+        return web.json_response({"status": "journal unavailable", **({"error": str(e)} if details else {})},
+                                 status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -198,7 +208,15 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 # Settings that belong to resources opened at start-up; a reload keeps the running values.
-_RESTART_ONLY = ("journal", "listen", "replica", "workers", "lease", "max_body_bytes")
+_RESTART_ONLY = ("journal", "listen", "replica", "workers", "lease", "max_body_bytes", "http")
+
+
+def _warn_if_open(settings: RemediatorSettings) -> None:
+    """At every start (and reload) with `auth: none`: say what is open."""
+    if settings.auth.unauthenticated:
+        log.warning("auth: none: anyone who can reach POST /alerts can trigger playbooks (and pause or reload "
+                    "them), and GET /runs (the audit trail: alert labels, rendered parameters, command output), "
+                    "/healthz and /readyz details are open too")
 
 
 async def _apply(state: State, new: Setup) -> None:
@@ -208,6 +226,7 @@ async def _apply(state: State, new: Setup) -> None:
     if changed:
         log.warning("reload: these settings take effect at the next restart", extra={"settings": changed})
     state.setup, state.credentials = new, Credentials(new.tokens, new.basic)
+    _warn_if_open(new.settings)
     state.metrics.add_playbooks(p.name for p in new.playbooks)
     if state.worker is not None:
         state.worker.reconfigure(new)
@@ -287,9 +306,7 @@ def make_app(setup: Setup, run_worker: bool = True) -> web.Application:
     async def running(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE]
         connections = Connections("taskmedic-remediator", settings.statement_timeout)
-        if not state.credentials.required:
-            log.warning("no webhook auth configured: anyone who can reach POST /alerts can trigger playbooks, "
-                        "and GET /runs (the audit trail: alert labels, rendered parameters, command output) is open")
+        _warn_if_open(settings)
         if run_worker:
             engine = Engine(setup.config.systems, connections, settings.statement_timeout)
             state.worker = Worker(setup, journal, engine, state.metrics)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import AfterValidator
@@ -33,11 +33,27 @@ def _plain(value: str) -> str:
     return value
 
 
-def url_part(value: str) -> str:
-    """Escape a value for one URL path segment or query value: it can never add a `/`, `?`, `#`,
-    `@`, CR/LF or a `..` segment to the URL it is placed in."""
-    if value.strip(".") == "":
-        return value.replace(".", "%2E")
+class UnsafeValue(Exception):
+    """A rendered value that would change what its template addresses; the step is refused."""
+
+
+def _unsafe_in_segment(value: str) -> str | None:
+    if value in ("", ".", ".."):
+        return "is empty, '.' or '..'"
+    for c in value:
+        if c in "/\\%" or c < " " or "\x7f" <= c <= "\x9f":
+            return f"contains {c!r}"
+    return None
+
+
+def url_segment(value: str) -> str:
+    """Percent-escape a value for (part of) one URL path segment or query value. A value that
+    could name another resource once a server decodes it — a `/`, `\\`, `%`, a control
+    character, or a whole `.`/`..`/empty segment — is refused rather than escaped: servers and
+    proxies that decode `%2F` or `%2E%2E` before routing exist."""
+    problem = _unsafe_in_segment(value)
+    if problem is not None:
+        raise UnsafeValue(f"URL value {value[:100]!r} {problem}; refused")
     return quote(value, safe="")
 
 
@@ -70,6 +86,15 @@ def check_template(text: str) -> str:
 
 
 Template = Annotated[str, AfterValidator(check_template)]
+
+
+# What a template sees of the alert: anyone who can post an alert decides these values.
+ALERT_VARIABLES = frozenset({"labels", "annotations", "alert"})
+
+
+def references(text: str) -> set[str]:
+    """The top-level variables a (syntactically valid) template reads, e.g. {"item"}."""
+    return set(meta.find_undeclared_variables(_environment(_plain).parse(text)))
 
 
 def is_templated(text: str) -> bool:

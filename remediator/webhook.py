@@ -101,9 +101,15 @@ def parse(body: bytes) -> Payload:
         raise InvalidPayload(problems_of(e)) from None
 
 
+def _raw(text: str) -> bytes:
+    """Header text back to the bytes that were sent (aiohttp decodes undecodable bytes as
+    surrogates), so a token of any bytes compares instead of raising."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 @dataclass(frozen=True)
 class Credentials:
-    """Bearer tokens and/or one basic-auth pair; no credentials configured means open."""
+    """Bearer tokens and/or one basic-auth pair; none configured (only with `auth: none`) means open."""
 
     tokens: tuple[str, ...] = ()
     basic: tuple[str, str] | None = None
@@ -126,15 +132,15 @@ class Credentials:
         # Compare against every token, without stopping early, so timing says nothing.
         ok = False
         for token in self.tokens:
-            ok |= hmac.compare_digest(given.encode(), token.encode())
+            ok |= hmac.compare_digest(_raw(given), token.encode())
         return ok
 
     def _basic_ok(self, given: str) -> bool:
         if self.basic is None:
             return False
         try:
-            user, _, password = base64.b64decode(given, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+            user, _, password = base64.b64decode(_raw(given), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeError):  # not base64 (any non-ASCII), or not UTF-8 inside
             return False
         user_ok = hmac.compare_digest(user.encode(), self.basic[0].encode())
         password_ok = hmac.compare_digest(password.encode(), self.basic[1].encode())

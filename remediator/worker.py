@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from remediator.config import Playbook, Setup
-from remediator.engine import Engine, Report
+from remediator.engine import Engine, Report, kept_effects
 from remediator.journal import PRUNE_BATCH, Journal, JournalUnavailable, Run
 from remediator.metrics import Metrics
 from remediator.pause import Pauses
@@ -211,11 +211,15 @@ class Worker:
             if refusal.startswith("circuit open"):
                 self.metrics.circuit.labels(playbook.name).set(1)
             return Report("suppressed", error=refusal)
+        report = Report("failed")  # filled as the run goes, so a timeout keeps what the steps did
         try:
             async with asyncio.timeout(playbook.timeout):
-                return await self.engine.execute(playbook, run.alert, self.settings.dry_run, run.id)
+                return await self.engine.execute(playbook, run.alert, self.settings.dry_run, run.id, report)
         except TimeoutError:
-            return Report("failed", error=f"timed out after {playbook.timeout:g}s; its SQL was rolled back")
+            report.outcome = "failed"
+            report.error = (f"timed out after {playbook.timeout:g}s; its SQL was rolled back"
+                            f"{kept_effects(report.steps)}")
+            return report
         except Exception as e:  # the engine fails steps itself; this is for what it did not foresee
             log.exception("run %s: unexpected error", playbook.name, extra={"run_id": run.id, "playbook": run.playbook})
             return Report("failed", error=f"{type(e).__name__}: {e}")

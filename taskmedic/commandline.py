@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from taskmedic import logs
+from taskmedic import listening, logs
 from taskmedic.config.loader import ConfigError
+from taskmedic.config.model import HttpLimits
 from taskmedic.reload import RELOADER, ReloadStatus
 from taskmedic.selfmetrics import revision
 from taskmedic.webconfig import OWN_CREDENTIALS, load_web_config, middleware, ssl_context
@@ -68,9 +69,10 @@ def report_config_error(err: ConfigError) -> int:
 
 
 def serve(make_app: Callable[[], web.Application], listen: tuple[str, int], name: str,
-          web_config_file: str | None = None) -> int:
-    """Run an aiohttp app until SIGTERM/SIGINT; cleanup contexts close everything. SIGHUP reloads
-    the config when the app has a reloader. A web config adds TLS and basic auth."""
+          limits: HttpLimits, web_config_file: str | None = None) -> int:
+    """Run an aiohttp app until SIGTERM/SIGINT, within `limits` (read at start, not reloaded);
+    cleanup contexts close everything. SIGHUP reloads the config when the app has a reloader.
+    A web config adds TLS and basic auth."""
     log = logging.getLogger(f"taskmedic.{name}")
     tls = None
     if web_config_file is not None:
@@ -85,10 +87,13 @@ def serve(make_app: Callable[[], web.Application], listen: tuple[str, int], name
         app = make_app()
         if web_config_file is not None:
             app.middlewares.append(middleware(web_config, app.get(OWN_CREDENTIALS)))
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        runner = listening.runner(app, limits)
         await runner.setup()
-        site = web.TCPSite(runner, listen[0], listen[1], ssl_context=tls)
-        await site.start()
+        try:
+            server = await listening.listen(runner, listen[0], listen[1], limits, log, tls)
+        except BaseException:
+            await runner.cleanup()
+            raise
         log.info("listening", extra={"address": f"{listen[0]}:{listen[1]}", "tls": tls is not None})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -106,6 +111,7 @@ def serve(make_app: Callable[[], web.Application], listen: tuple[str, int], name
             loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
         log.info("shutting down")
+        server.close()
         await runner.cleanup()
 
     try:

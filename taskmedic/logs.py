@@ -13,8 +13,9 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-# user:password@ in any URL-looking text, and bearer tokens
-_SECRETS = [(re.compile(r"(//[^:/@\s]+):[^@/\s]+@"), r"\1:***@"),
+# user:password@ in any URL-looking text, secret query parameters (`?password=`), bearer tokens
+_SECRETS = [(re.compile(r"(//[^:/@\s]*):[^@/\s]+@"), r"\1:***@"),
+            (re.compile(r"(?i)([?&][^=&#\s\"']*(?:password|passwd|secret|token)[^=&#\s\"']*=)[^&#\s\"']*"), r"\1***"),
             (re.compile(r"(?i)(bearer\s+)[^\s\"']+"), r"\1***")]
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 

@@ -34,6 +34,7 @@ from aiohttp import web
 from remediator.config import load_setup
 from remediator.server import make_app
 from taskmedic import commandline
+from taskmedic.config.model import HttpLimits
 from tests import bench  # `bench` imports this module too: names are looked up when used
 from tests.remediator.kit import AUTH, TOKEN, alert, execute, payload
 from tests.services import PostgresServer, free_port, running, tempdir, wait_http, wait_port
@@ -560,10 +561,10 @@ def serve_baseline(argv: list[str]) -> int:
     if argv[0] == "soak":
         return soak_alone()
     if argv[0] == "bare":
-        return commandline.serve(bare_app, ("127.0.0.1", int(argv[1])), "bench-bare")
+        return commandline.serve(bare_app, ("127.0.0.1", int(argv[1])), "bench-bare", HttpLimits())
     setup = load_setup(argv[1])
     return commandline.serve(lambda: make_app(setup, run_worker=False), ("127.0.0.1", int(argv[2])),
-                             "bench-journal-only")
+                             "bench-journal-only", setup.settings.http)
 
 
 if __name__ == "__main__":

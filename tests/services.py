@@ -10,10 +10,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,10 +136,12 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def running(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def running(argv: list[str], log: Path, env: dict[str, str] | None = None,
+            preexec_fn: Callable[[], None] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A child process for the duration of a `with`, its output in `log`; terminated after."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                preexec_fn=preexec_fn)
         try:
             yield proc
         finally:
@@ -155,3 +158,18 @@ def tempdir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
     return path
+
+
+@contextlib.contextmanager
+def writer(path: Path, data: bytes) -> Iterator[subprocess.Popen[bytes]]:
+    """A real process that opens `path` for writing, writes `data` and then pauses, holding the
+    file open, as a backup job does between two chunks; killed after the `with`."""
+    script = ("import sys, time\nf = open(sys.argv[1], 'wb')\nf.write(bytes.fromhex(sys.argv[2]))\nf.flush()\n"
+              "print('ready', flush=True)\ntime.sleep(3600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(path), data.hex()], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()

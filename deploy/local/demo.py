@@ -129,16 +129,23 @@ class Demo:
         r.hset(HARBOR_NS + "job_stats:sweep-dangling-1", mapping={"status": "Running", "id": "sweep-dangling-1"})
 
     def seed_scanner(self) -> None:
+        # The engine is a program of its own (the playbook judges PIDs by their executable): a
+        # copy of `sleep` named scan-engine stands in for it.
+        program = self.root / "scan-engine"
+        shutil.copy(shutil.which("sleep") or "/bin/sleep", program)
+
         def engine() -> subprocess.Popen[bytes]:
-            p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", "scan-engine"])
+            p = subprocess.Popen([str(program), "3600"])
             self.engines.append(p)
             return p
         dead, alive = engine(), engine()
         dead.kill()
         dead.wait()
+        # The live engine's task starts now, after its process (an older start would make its PID
+        # one the OS reused, i.e. a zombie task).
         self.sql("scanner", f"insert into scan_tasks (target, state, engine_pid, started_at) values "
                             f"('https://zombie.example', 'Running', {dead.pid}, now() - interval '2 hours'), "
-                            f"('https://slow.example', 'Running', {alive.pid}, now() - interval '2 hours')")
+                            f"('https://slow.example', 'Running', {alive.pid}, now())")
 
     def seed_celery(self) -> None:
         r = redis.Redis.from_url(self.rs.url(1))
@@ -388,10 +395,11 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def empty_panels(prometheus: str) -> list[str]:
-    """Panels whose query returns no series against the live stack ($system = all)."""
+    """Panels whose query returns no series against the live stack (every variable = all)."""
     empty = []
     for title, expr in dashboard_queries():
-        query = expr.replace("$system", ".*").replace("$__rate_interval", "1m").replace("$__interval", "15s")
+        query = expr.replace("$__rate_interval", "1m").replace("$__interval", "15s")
+        query = re.sub(r"\$[a-z]\w*", ".*", query)  # $cluster, $job, $instance, $system
         data = http_json(f"{prometheus}/api/v1/query?query={urllib.parse.quote(query)}")
         assert isinstance(data, dict)
         if not data["data"]["result"]:

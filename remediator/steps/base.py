@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import redis.asyncio as aioredis
 
-from remediator.templating import Escape, RenderError, render, render_all
+from remediator.templating import Escape, RenderError, UnsafeValue, render, render_all
 from taskmedic.config.model import Model, System
 from taskmedic.connections import Connections
 
@@ -117,12 +117,17 @@ class RunContext:
     transactions: Transactions
     log: logging.Logger
     outputs: dict[str, list[Row]] = field(default_factory=dict)  # step name → its output rows
+    # The running step's detail so far: a step whose work outlasts one await (files) fills it as
+    # it goes, so a run cancelled mid-step (timeout, shutdown) still records what was done.
+    progress: dict[str, Any] = field(default_factory=dict)
 
     def render(self, text: str, escape: Escape | None = None) -> str:
         try:
             return render(text, self.variables, escape)
         except RenderError as e:
             raise StepFailed(str(e)) from None
+        except UnsafeValue as e:
+            raise Refused(str(e)) from None
 
     def render_all(self, texts: list[str]) -> list[str]:
         try:

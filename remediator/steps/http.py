@@ -1,9 +1,12 @@
 """`http` step: one request to a service's API (CAPE: delete a pending task).
 
-Each templated part of the URL is percent-escaped on its own, so an alert value can fill a path
-segment or a query value but never add a `/`, `?`, `#`, CR/LF or `..`, and the scheme and host
-are the operator's: templates are refused before the path. Headers are static (secrets come
-from `${ENV}`), the JSON body's templated strings are JSON-encoded, and a dry run sends nothing.
+The scheme and host are the operator's (a templated one is refused when the playbook loads).
+Each templated value in the URL must fit inside one path segment (or query value): one with a
+`/`, `\\`, `%`, a control character, or that is empty, `.` or `..` is refused (outcome
+`refused`, nothing sent) rather than escaped, because servers that decode `%2F` before routing
+would still follow it; anything else is percent-escaped. `query:` values are encoded as query
+values. Headers are static (secrets come from `${ENV}`), the JSON body's templated strings are
+JSON-encoded, and a dry run sends nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import aiohttp
 from pydantic import Field, field_validator
 from yarl import URL
 
-from remediator.steps.base import RunContext, StepFailed, StepResult, StepType
-from remediator.templating import Template, is_templated, url_part
+from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
+from remediator.templating import Template, is_templated, url_segment
 from taskmedic.config.model import Duration, Model
 
 _ORIGIN = re.compile(r"^https?://[^/]+")
@@ -51,7 +54,9 @@ class HttpStep(StepType[HttpSpec]):
     spec: ClassVar[type[Model]] = HttpSpec
 
     async def run(self, spec: HttpSpec, ctx: RunContext) -> StepResult:
-        url = URL(ctx.render(spec.url, url_part), encoded=True)
+        url = URL(ctx.render(spec.url, url_segment), encoded=True)
+        if is_templated(spec.url) and any(part in (".", "..") for part in url.raw_path.split("/")):
+            raise Refused(f"{url.raw_path!r} has a '.' or '..' segment; refused")
         if spec.query:
             url = url.update_query({k: ctx.render(v) for k, v in spec.query.items()})
         body = {k: ctx.render(v) for k, v in spec.body.items()} if spec.body is not None else None

@@ -91,20 +91,35 @@ PostgresDsn = Annotated[SecretStr, _dsn(("postgres",), "PostgreSQL")]
 RedisUrl = Annotated[SecretStr, _dsn(("redis", "rediss", "unix"), "Redis")]
 
 
+_SECRET_PARAM = re.compile(r"(?i)([?&][^=&#\s]*(?:password|passwd|secret|token)[^=&#\s]*=)[^&#\s]*")
+
+
 def redact(url: str) -> str:
-    """A DSN fit for logs: the password replaced by ***."""
+    """A DSN or URL fit for output: its password, and every query parameter whose name says it
+    holds a secret (`password=`, `sslpassword=`, `token=`...), replaced by ***."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<invalid url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    return _SECRET_PARAM.sub(r"\1***", parts.geturl())
 
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpLimits(Model):
+    """How long a client may take to send a request, and how many may be connected at once.
+
+    `header_timeout` runs from connecting (or from the previous response, on a kept-alive
+    connection) to a complete request head, so it is also the idle keep-alive timeout."""
+
+    header_timeout: Duration = Field(default=5.0, gt=0, le=300)
+    body_timeout: Duration = Field(default=10.0, gt=0, le=600)
+    max_connections: int = Field(default=512, ge=1)
+    error_log_interval: Duration = Field(default=10.0, gt=0)  # at most one accept/refusal log line per interval
 
 
 class LiveWorkers(Model):
@@ -137,6 +152,8 @@ class StuckRule(Model):
     max_age_sql: str | None = None
     pid: Identifier | None = None
     process_match: Regex | None = None
+    engine: str | None = None  # with pid: the engine's executable (taskmedic.processes.judge_engine)
+    owner: str | None = None  # with engine: the user (or uid) the engine runs as
     worker: Identifier | None = None
     live_workers: LiveWorkers | None = None
     min_age: Duration = 0.0
@@ -155,6 +172,10 @@ class StuckRule(Model):
             raise ValueError("an age check needs `age`: the timestamp column to measure from")
         if kinds[0] == "worker" and self.live_workers is None:
             raise ValueError("a worker check needs `live_workers`")
+        if (self.engine is not None or self.owner is not None) and self.pid is None:
+            raise ValueError("engine and owner judge the process a `pid` column names; set pid")
+        if self.owner is not None and self.engine is None:
+            raise ValueError("owner needs engine")
         if self.min_age and self.age is None:
             raise ValueError("min_age needs `age`: the timestamp column to measure from")
         return self
@@ -257,3 +278,5 @@ class Backup(Model):
     in_progress: Duration = 60.0  # a file modified more recently is still being written
     interval: Duration = 60.0
     timeout: Duration = 10.0
+    verify_data: bool = False  # zip: CRC-32 of every member, once per file version, in the background
+    verify_bytes_per_second: int = Field(default=20 * 2**20, gt=0)  # I/O budget of every read-through

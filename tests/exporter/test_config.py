@@ -184,6 +184,22 @@ def test_check_connect_reaches_sources_and_explains_the_query(db, redis_url: str
     assert "secret" not in res.stderr
 
 
+def test_check_connect_never_prints_passwords_given_as_query_parameters(pg, redis_url: str, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    missing_db = pg.dsn("no_such_database") + "?password=hunter2-pg&sslmode=disable"
+    closed = "postgresql://cape@127.0.0.1:1/cape?sslpassword=hunter2-ssl&password=hunter2-closed"
+    redis = redis_url.rsplit("/", 1)[0] + "/0?password=hunter2-redis"
+    cfg = write(tmp, f"systems:\n  cape:\n    profile: cape\n    database: '{missing_db}'\n    timeout: 2s\n"
+                     f"  other:\n    profile: cape\n    database: '{closed}'\n    timeout: 2s\n"
+                     f"  jobs:\n    profile: celery\n    redis: '{redis}'\n")
+    res = run_cli("check", "--config", str(cfg), "--connect", "--log-level", "debug")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "hunter2" not in out
+    assert "no_such_database?password=***&sslmode=disable" in out  # which one failed stays readable
+    assert "cape?sslpassword=***&password=***" in out
+    assert "/0?password=***" in out
+
+
 def test_the_other_process_section_is_ignored_with_its_secrets(tmp: Path) -> None:
     cfg = load(ExporterConfig, write(tmp, "disks:\n  - path: /\nremediator:\n  journal: ${ONLY_THE_REMEDIATOR_HAS_IT}\n"
                                           "  anything: [goes]\n"), environ={})

@@ -96,6 +96,7 @@ class Site:
             (book_dir / f"p{i}.yml").write_text(textwrap.dedent(text))
         remediator = {"journal": self.journal.dsn, "playbooks": str(book_dir), "auth": {"bearer_token": TOKEN},
                       "lease": 3, "poll_interval": 0.1, "workers": 2, "shutdown_grace": 5, **settings}
+        remediator = {key: value for key, value in remediator.items() if value is not None}  # None: leave it out
         config = (f"systems:\n  cape:\n    profile: cape\n    database: {self.cape.dsn}\n"
                   f"  jobs:\n    profile: celery\n    redis: {self.redis_url}\n"
                   + systems

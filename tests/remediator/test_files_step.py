@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from exporter.collectors.disk import DiskCollector
+from remediator.steps import files
 from taskmedic.config.model import Disk
-from tests.remediator.kit import Site, execute, seed_cape
+from tests.remediator.kit import Site, StartApp, alert, execute, payload, post, seed_cape, settled
 
 
 def book(files: str, before: str = "") -> str:
@@ -79,7 +84,7 @@ async def test_a_path_label_climbing_out_of_the_root_is_refused(site: Site) -> N
     for name in ("../precious.txt", "/etc/passwd", "a/../../precious.txt"):
         report = await execute(setup, {"file": name})
         assert report.outcome == "refused", name
-        assert "outside the allowed root" in (report.error or "")
+        assert "is not a direct entry of the allowed root" in (report.error or "")
     assert victim.read_text() == "keep me"
 
 
@@ -108,3 +113,114 @@ async def test_a_broken_backup_is_quarantined(site: Site) -> None:
     assert os.listdir(root) == []
     [moved] = os.listdir(quarantine)
     assert moved.startswith("backup-2026-11-22.zip.")
+
+
+def names_from_rows(*names: str) -> str:
+    """A query step whose rows name entries (as a task system's ids would)."""
+    values = ", ".join("'" + n.replace("'", "''") + "'" for n in names)
+    return f'  - name: rows\n    sql: {{system: cape, query: "select unnest(array[{values}]) as name"}}\n'
+
+
+async def test_nested_and_trailing_slash_names_are_refused_and_nothing_is_touched(site: Site) -> None:
+    root = site.tmp / "root"
+    (root / "dir2" / "nested").mkdir(parents=True)
+    (root / "dir2" / "nested" / "f").write_text("x")
+    (root / "a.txt").write_text("a")
+    for name in ("dir2/nested", "a.txt/", "./a.txt", ".", "..", "", "dir2/", "/etc"):
+        setup = site.setup(book(f"root: {root}, ids_from: rows", before=names_from_rows(name)))
+        for dry_run in (True, False):
+            report = await execute(setup, dry_run=dry_run)
+            assert report.outcome == "refused", name
+            assert report.error == (f"step 'free disk': {name!r} is not a direct entry of the allowed root "
+                                    f"'{root}' (a name without '/', not '.' or '..'); refused")
+    assert (root / "dir2" / "nested" / "f").read_text() == "x"
+    assert (root / "a.txt").read_text() == "a"
+
+
+async def test_a_root_swapped_for_a_symlink_mid_run_changes_nothing_outside_it(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the check of the entries and the removal of the second one, the root is renamed
+    and a symlink to another directory with entries of the same names put in its place: the
+    step keeps acting on the directory it checked, never on the link's target."""
+    base = site.tmp / "storage"
+    root, moved, outside = base / "analyses", base / "analyses.old", site.tmp / "precious"
+    analyses(root, range(1, 4))
+    analyses(outside, range(1, 4))
+    act = files._act
+
+    def swap_then_act(*args: Any) -> None:
+        if not moved.exists():
+            root.rename(moved)
+            root.symlink_to(outside)
+        act(*args)
+
+    monkeypatch.setattr(files, "_act", swap_then_act)
+    report = await execute(site.setup(book(f"root: {root}")))
+    assert (report.outcome, report.steps[0].detail["entries"]) == ("succeeded", ["1", "2", "3"])
+    assert os.listdir(moved) == []
+    assert sorted(os.listdir(outside)) == ["1", "2", "3"]
+    assert all((outside / str(n) / "reports" / "report.json").exists() for n in range(1, 4))
+
+
+async def test_an_entry_swapped_for_a_symlink_after_its_check_is_refused(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, outside = site.tmp / "analyses", site.tmp / "precious"
+    analyses(root, range(1, 4))
+    analyses(outside, range(1, 2))
+    act = files._act
+
+    def swap_then_act(root_fd: int, entry: files.Entry, quarantine_fd: int | None) -> None:
+        if entry.name == "2":
+            shutil.rmtree(root / "2")
+            (root / "2").symlink_to(outside / "1")
+        act(root_fd, entry, quarantine_fd)
+
+    monkeypatch.setattr(files, "_act", swap_then_act)
+    report = await execute(site.setup(book(f"root: {root}")))
+    assert report.outcome == "refused"
+    assert report.error == ("step 'free disk': '2' changed between its check and the act (removed, or swapped "
+                            "for a link or another file); stopped")
+    assert report.steps[0].detail["entries"] == ["1"]  # done before it stopped
+    assert sorted(os.listdir(root)) == ["2", "3"]
+    assert (outside / "1" / "reports" / "report.json").exists()
+
+
+def many_folders(root: Path, folders: int, files_each: int) -> None:
+    for n in range(folders):
+        folder = root / f"{n:03d}"
+        folder.mkdir(parents=True)
+        for i in range(files_each):
+            os.close(os.open(folder / str(i), os.O_CREAT | os.O_WRONLY, 0o600))
+        when = time.time() - 86400 + n  # oldest first: 000, 001, ...
+        os.utime(folder, (when, when))
+
+
+async def test_a_run_timeout_stops_removal_within_one_folder_and_the_journal_lists_what_was_removed(
+        site: Site, start: StartApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep of 40 folders on a slow disk (each removal takes 50 ms more than it does here)
+    under `timeout: 1s`: the run fails, removal stops with it, and the journal lists exactly the
+    folders that are gone."""
+    root = site.tmp / "analyses"
+    many_folders(root, 40, 50)
+    act = files._act
+
+    def slow_disk(*args: Any) -> None:
+        act(*args)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(files, "_act", slow_disk)
+    playbook = ("name: sweep\nmatch: {alertname: TaskmedicStuckTasks}\ntimeout: 1s\nsteps:\n"
+                f"  - name: free disk\n    files: {{root: {root}, max_entries: 1000}}\n")
+    client = await start(site.setup(playbook))
+    assert (await post(client, payload(alert())))[0] == 200
+    [run] = await settled(site, timeout=60)
+    after_run = sorted(os.listdir(root))
+    await asyncio.sleep(1.0)
+    assert sorted(os.listdir(root)) == after_run  # nothing carried on once the run had ended
+    assert (run["outcome"], run["error"]) == ("failed", "timed out after 1s; its SQL was rolled back")
+    [step] = run["steps"]
+    assert (step["name"], step["outcome"]) == ("free disk", "interrupted")
+    removed = step["detail"]["entries"]
+    assert 0 < len(removed) < 40
+    assert sorted(removed + after_run) == [f"{n:03d}" for n in range(40)]  # exactly what is gone
+    assert all(len(os.listdir(root / name)) == 50 for name in after_run)  # the rest untouched

@@ -8,7 +8,7 @@ import pytest
 
 from remediator.config import Playbook
 from remediator.matching import AlertInfo, matches
-from remediator.templating import RenderError, glob_literal, render, url_part
+from remediator.templating import RenderError, UnsafeValue, glob_literal, render, url_segment
 from tests.remediator.kit import Site
 
 
@@ -65,6 +65,8 @@ def test_a_label_value_is_data_never_a_template() -> None:
 
 
 def test_escaping_for_urls_and_redis_globs() -> None:
-    assert url_part("../a b/\r\n") == "..%2Fa%20b%2F%0D%0A"
-    assert url_part("..") == "%2E%2E"
+    assert url_segment("a b?c#d&e=f") == "a%20b%3Fc%23d%26e%3Df"
+    for unsafe in ("../a", "..", ".", "", "a\\b", "%2e%2e", "1\r\n", "x\x00", "\x85"):
+        with pytest.raises(UnsafeValue):
+            url_segment(unsafe)
     assert glob_literal("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"

@@ -49,7 +49,7 @@ async def test_the_audit_trail_needs_the_webhook_credentials(site: Site, start: 
 async def test_health_readiness_and_metrics(site: Site, start: StartApp) -> None:
     seed_cape(site.cape)
     client = await start(site.setup(FAIL_STALE))
-    status, health = await get(client, "/healthz", auth=False)
+    status, health = await get(client, "/healthz")
     assert (status, health["status"], health["playbooks"]) == (200, "ok", ["cape-fail-stale-pending"])
     assert (await get(client, "/readyz", auth=False)) == (200, {"status": "ready"})
     await post(client, payload())

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
-import psutil
 import pytest
 from aiohttp import web
 
 from taskmedic.config.loader import ConfigError
+from tests.engines import engine_program, reaped, start_engine, start_look_alikes
 from tests.remediator.kit import Site, execute
 
 
@@ -22,51 +22,68 @@ def book(step: str) -> str:
     return f"name: t\nmatch: {{alertname: TaskmedicStuckTasks}}\nsteps:\n  - name: act\n    {step}\n"
 
 
-@pytest.fixture
-def engine_process(tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A stand-in for a scanner engine: a real process with a recognisable command line."""
-    script = tmp / "scan-engine.py"
-    script.write_text("import time\nwhile True: time.sleep(1)\n")
-    proc = subprocess.Popen([sys.executable, str(script), "--task", "42"])
-    yield proc
-    proc.kill()
-    proc.wait()
+def engine_book(task_pid: int, task_started: str = "now()", **process: str) -> str:
+    """A playbook signalling the process a task row records (here a query of literals)."""
+    spec = {"pid": "{{ item.pid }}", "started_at": "{{ item.started_at }}", "engine": "scan-engine", "wait": "5s",
+            **process}
+    return ("name: t\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n"
+            f"  - name: task\n    sql: {{system: cape, query: "
+            f"\"select {task_pid} as pid, {task_started} as started_at\"}}\n"
+            "  - name: act\n    for_each: task\n    process: "
+            + "{" + ", ".join(f'{k}: "{v}"' for k, v in spec.items()) + "}\n")
 
 
-async def test_a_zombie_engine_process_matching_the_pattern_is_terminated(
-        site: Site, engine_process: subprocess.Popen[bytes]) -> None:
-    setup = site.setup(book('process: {pid: "{{ labels.pid }}", match: "scan-engine\\\\.py --task", wait: 5s}'))
-    report = await execute(setup, {"pid": str(engine_process.pid)})
-    assert (report.outcome, report.steps[0].detail["exited"]) == ("succeeded", True)
-    assert not psutil.pid_exists(engine_process.pid)
+async def test_the_engine_of_a_recorded_task_is_terminated(site: Site) -> None:
+    engine = start_engine(engine_program(site.tmp))
+    with reaped(engine):
+        report = await execute(site.setup(engine_book(engine.pid, engine=str(engine_program(site.tmp)))))
+        assert (report.outcome, report.steps[1].detail["each"][0]["exited"]) == ("succeeded", True)
+        assert engine.poll() is not None
 
 
-async def test_a_process_that_does_not_match_is_refused_and_left_alone(
-        site: Site, engine_process: subprocess.Popen[bytes]) -> None:
-    setup = site.setup(book('process: {pid: "{{ labels.pid }}", match: "^celery worker"}'))
-    report = await execute(setup, {"pid": str(engine_process.pid)})
-    assert report.outcome == "refused"
-    assert engine_process.poll() is None
-    for pid, outcome in (("1", "refused"), (str(os.getpid()), "refused"), ("12; kill -9 1", "failed")):
-        assert (await execute(setup, {"pid": pid})).outcome == outcome, pid
+async def test_look_alikes_and_a_reused_pid_are_refused_and_left_alone(site: Site) -> None:
+    look_alikes = start_look_alikes()
+    engine = start_engine(engine_program(site.tmp))
+    with reaped(engine, *look_alikes):
+        for proc in look_alikes:
+            report = await execute(site.setup(engine_book(proc.pid)))
+            assert report.outcome == "refused"
+            assert f"pid {proc.pid} is not the engine: its exe is " in (report.error or "")
+        # the real engine's PID, on a task that started an hour before that process existed
+        reused = await execute(site.setup(engine_book(engine.pid, "now() - interval '1 hour'")))
+        assert reused.outcome == "refused"
+        assert re.fullmatch(rf"step 'act': pid {engine.pid} is not the engine: created 3[56][0-9]{{2}}s after its "
+                            "task started: a reused PID; not signalled", reused.error or ""), reused.error
+        assert all(p.poll() is None for p in (engine, *look_alikes))  # nothing got a signal
+    for pid, outcome in ((1, "refused"), (os.getpid(), "refused")):
+        assert (await execute(site.setup(engine_book(pid)))).outcome == outcome, pid
 
 
 async def test_a_process_already_gone_is_nothing_to_do(site: Site) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
-    report = await execute(site.setup(book('process: {pid: "{{ labels.pid }}", match: "true"}')),
-                           {"pid": str(gone.pid)})
-    assert (report.outcome, report.steps[0].rows, report.steps[0].detail["gone"]) == ("succeeded", 0, True)
+    report = await execute(site.setup(engine_book(gone.pid)))
+    assert (report.outcome, report.steps[1].rows, report.steps[1].detail["each"][0]["gone"]) == ("succeeded", 0, True)
+
+
+def test_a_pid_or_task_start_from_the_alert_is_refused_when_the_playbook_loads(site: Site) -> None:
+    for key, template in (("pid", "{{ labels.pid }}"), ("pid", "{{ alert.fingerprint }}"),
+                          ("started_at", "{{ annotations.started }}")):
+        with pytest.raises(ConfigError, match=rf"p0.yml:8: steps\[1\]\.process\.{key}: comes from the alert"):
+            site.setup(engine_book(1, **{key: template}))
+    with pytest.raises(ConfigError, match=r"`match` .* is gone: set `engine`"):
+        site.setup(book('process: {pid: "1", started_at: "0", match: "scan-engine"}'))
 
 
 def test_find_gone_takes_the_rows_of_an_earlier_step_itself(site: Site) -> None:
     query = "name: rows\n    sql: {system: cape, query: \"select 1 as pid\"}\n  - "
+    same = 'started_at: "{{ item.t }}", engine: x'
     for step, problem in (
-            ('process: {action: find_gone, pid: "1", match: x}', "action: find_gone needs `rows_from`"),
-            ('process: {pid: "1", match: x, rows_from: rows}', "and only find_gone takes it"),
-            ('process: {action: find_gone, rows_from: later, pid: "{{ item.pid }}", match: x}',
+            (f'process: {{action: find_gone, pid: "1", {same}}}', "action: find_gone needs `rows_from`"),
+            (f'process: {{pid: "1", {same}, rows_from: rows}}', "and only find_gone takes it"),
+            (f'process: {{action: find_gone, rows_from: later, pid: "{{{{ item.pid }}}}", {same}}}',
              "rows_from must name an earlier step"),
-            ('for_each: rows\n    process: {action: find_gone, rows_from: rows, pid: "{{ item.pid }}", match: x}',
+            (f'for_each: rows\n    process: {{action: find_gone, rows_from: rows, pid: "{{{{ item.pid }}}}", {same}}}',
              "drop for_each")):
         with pytest.raises(ConfigError, match=re.escape(problem)):
             site.setup(book(step).replace("  - name: act\n", "  - " + query + "name: act\n"))
@@ -161,20 +178,48 @@ async def test_cape_pending_task_is_deleted_through_its_api_with_a_secret_header
     assert "s3cret" not in str(report.steps[0].detail)
 
 
-async def test_path_traversal_and_crlf_in_a_label_stay_inside_one_url_segment(
+async def test_a_label_that_would_leave_its_url_segment_is_refused_and_nothing_is_sent(
         site: Site, cape_api: tuple[str, list[dict[str, Any]]]) -> None:
     base, seen = cape_api
     setup = site.setup(book(f'http: {{method: POST, url: "{base}/apiv2/tasks/delete/{{{{ labels.task_id }}}}/pending/",'
                             ' query: {reason: "{{ labels.reason }}"}, body: {note: "{{ labels.reason }}"}}'))
-    for task_id in ("../../admin/users", "..", "1\r\nX-Injected: yes", "1?all=true#x"):
-        await execute(setup, {"task_id": task_id, "reason": "a&b=c\r\nX-Evil: 1"})
-    paths = [s["path"] for s in seen]
-    assert paths == ["/apiv2/tasks/delete/..%2F..%2Fadmin%2Fusers/pending/?reason=a%26b%3Dc%0D%0AX-Evil:+1",
-                     "/apiv2/tasks/delete/%2E%2E/pending/?reason=a%26b%3Dc%0D%0AX-Evil:+1",
-                     "/apiv2/tasks/delete/1%0D%0AX-Injected%3A%20yes/pending/?reason=a%26b%3Dc%0D%0AX-Evil:+1",
-                     "/apiv2/tasks/delete/1%3Fall%3Dtrue%23x/pending/?reason=a%26b%3Dc%0D%0AX-Evil:+1"]
-    assert all("X-Injected" not in s["headers"] and "X-Evil" not in s["headers"] for s in seen)
+    for task_id in ("../../admin/users", "..", ".", "", "1\r\nX-Injected: yes", "..\\admin", "%2e%2e", "1\x7f"):
+        for dry_run in (False, True):
+            report = await execute(setup, {"task_id": task_id, "reason": "x"}, dry_run=dry_run)
+            assert report.outcome == "refused", task_id
+            assert (report.error or "").startswith(f"step 'act': URL value {task_id!r} "), report.error
+    assert seen == []
+    # the rest of a value stays data inside its segment; query and body values are encoded as such
+    await execute(setup, {"task_id": "1?all=true#x", "reason": "a&b=c\r\nX-Evil: 1"})
+    assert [s["path"] for s in seen] == \
+        ["/apiv2/tasks/delete/1%3Fall%3Dtrue%23x/pending/?reason=a%26b%3Dc%0D%0AX-Evil:+1"]
+    assert "X-Evil" not in seen[0]["headers"]
     assert seen[0]["body"] == '{"note": "a&b=c\\r\\nX-Evil: 1"}'
+
+
+async def test_a_traversal_label_never_reaches_the_admin_page_of_a_server_that_decodes_slashes(
+        site: Site, aiohttp_server: Any) -> None:
+    """A server (or proxy) that decodes %2F and normalises the path before routing would turn
+    /api/..%2F..%2Fadmin into /admin; the label must be refused, not escaped."""
+    requested: list[str] = []
+
+    async def route(request: web.Request) -> web.Response:
+        path = posixpath.normpath(unquote(request.raw_path.split("?")[0]))
+        requested.append(path)
+        if path == "/admin":
+            return web.json_response({"users": ["root"]})
+        return web.json_response({"deleted": path})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", route)
+    server = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{server.port}/api/tasks/{{{{ labels.task }}}}"
+    setup = site.setup(book(f'http: {{method: DELETE, url: "{url}", '
+                            'headers: {Authorization: "Token operator-secret"}}'))
+    report = await execute(setup, {"task": "../../admin"})
+    assert (report.outcome, requested) == ("refused", [])
+    assert (await execute(setup, {"task": "42"})).outcome == "succeeded"
+    assert requested == ["/api/tasks/42"]
 
 
 async def test_an_unexpected_status_fails_the_run(site: Site, cape_api: tuple[str, list[dict[str, Any]]]) -> None:

@@ -3,14 +3,13 @@ schemas: the stuck work is healed, the healthy-but-slow work is not touched."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from remediator.config import Setup, load_setup
 from tests.conftest import Database
+from tests.engines import engine_program, reaped, start_engine, start_look_alikes
 from tests.remediator.kit import Site, count, execute, seed_cape
 from tests.services import PostgresServer
 
@@ -102,37 +101,40 @@ async def test_harbor_playbook_settles_dangling_execution_and_only_its_redis_ent
     assert r.get("unrelated") == b"kept"
 
 
-def scan_engine(*argv: str) -> subprocess.Popen[bytes]:
-    """A stand-in for the scanner's engine: a live process with "scan-engine" in its argv, as the
-    demo's engines have."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv])
+def judged_at_once(text: str) -> str:
+    """The scanner playbook without its 30 s grace, so engines started by the test are judged."""
+    return text.replace("interval '30 seconds'", "interval '0 seconds'")
 
 
 async def test_scanner_playbook_terminates_only_tasks_whose_engine_is_gone(site: Site, pg: PostgresServer) -> None:
-    setup, _ = shipped(site, pg)
+    """Only a PID still running the engine, created before its task started, keeps the task:
+    a dead or unreaped engine, a look-alike whose command line names the engine, and the engine
+    on a PID that its task predates are all zombies' PIDs. Nothing is signalled."""
+    setup, _ = shipped(site, pg, judged_at_once)
     scanner = site.cape
     scanner.load("scanner.sql")
-    alive = scan_engine("scan-engine", "--task", "2")
-    reused = scan_engine("not-an-engine")  # a PID the OS gave to some other program
-    dead = scan_engine("scan-engine", "--task", "1")
+    program = engine_program(site.tmp)
+    dead, unreaped, reused, alive = (start_engine(program) for _ in range(4))
     dead.kill()
     dead.wait()
-    try:
+    unreaped.kill()
+    vim, note = start_look_alikes()
+    with reaped(alive, reused, vim, note, unreaped):
         scanner.sql(f"""insert into scan_tasks (target, state, engine_pid, started_at) values
                           ('zombie', 'Running', {dead.pid}, now() - interval '1 hour'),
-                          ('alive', 'Running', {alive.pid}, now() - interval '1 hour'),
-                          ('young', 'Running', {dead.pid}, now()),
+                          ('unreaped', 'Running', {unreaped.pid}, now() - interval '1 hour'),
+                          ('alive', 'Running', {alive.pid}, now()),
+                          ('vim', 'Running', {vim.pid}, now()),
+                          ('note', 'Running', {note.pid}, now()),
                           ('reused', 'Running', {reused.pid}, now() - interval '1 hour')""")
         report = await execute(setup, {"system": "scanner", "reason": "process_gone"},
                                playbook="scanner-terminate-zombies")
         assert report.outcome == "succeeded", report.error
-        assert [s.rows for s in report.steps] == [3, 2, 2]
+        assert [s.rows for s in report.steps] == [6, 5, 5]
         assert scanner.sql("select target, state from scan_tasks order by id").splitlines() == \
-            ["zombie|Terminated", "alive|Running", "young|Running", "reused|Terminated"]
-        assert alive.poll() is None and reused.poll() is None  # nothing was killed
-    finally:
-        alive.kill()
-        reused.kill()
+            ["zombie|Terminated", "unreaped|Terminated", "alive|Running", "vim|Terminated", "note|Terminated",
+             "reused|Terminated"]
+        assert all(p.poll() is None for p in (alive, reused, vim, note))  # nothing was signalled
 
 
 async def test_scanner_playbook_is_refused_when_no_engine_is_visible(site: Site, pg: PostgresServer) -> None:
@@ -140,26 +142,24 @@ async def test_scanner_playbook_is_refused_when_no_engine_is_visible(site: Site,
     look like a zombie, so nothing is judged and nothing changes. (The engine's name is made
     unique to this test, so engines of a demo running on the same machine stay out of it.)"""
     engine = f"scan-engine-{uuid.uuid4().hex}"
-    setup, _ = shipped(site, pg, lambda text: text.replace('match: "scan-engine"', f'match: "{engine}"'))
+    setup, _ = shipped(site, pg, lambda text: text.replace("engine: scan-engine", f"engine: {engine}"))
     scanner = site.cape
     scanner.load("scanner.sql")
-    elsewhere = scan_engine("not-an-engine")  # processes are visible, just no engine among them
-    try:
+    [elsewhere, _note] = look_alikes = start_look_alikes()  # processes are visible, just no engine among them
+    with reaped(*look_alikes):
         scanner.sql(f"""insert into scan_tasks (target, state, engine_pid, started_at) values
                           ('a', 'Running', {elsewhere.pid}, now() - interval '1 hour'),
                           ('b', 'Running', 4000000, now() - interval '1 hour')""")
         report = await execute(setup, {"system": "scanner", "reason": "process_gone"},
                                playbook="scanner-terminate-zombies")
         assert report.outcome == "refused"
-        assert report.error == (f"step 'engines gone': cannot see any process matching '{engine}', so every row "
-                                "would look gone; run the remediator where it shares the scanner's process namespace "
-                                "(or correct `match`)")
+        assert report.error == (f"step 'engines gone': cannot see any live '{engine}' process, so every row would "
+                                "look gone; run the remediator where it shares the engines' process namespace "
+                                "(or correct `engine`)")
         assert [(s.name, s.rows) for s in report.steps] == [("running tasks", 2), ("engines gone", 0)]
         assert report.steps[1].detail["visible"] == 0
         assert scanner.sql("select target, state from scan_tasks order by id").splitlines() == \
             ["a|Running", "b|Running"]
-    finally:
-        elsewhere.kill()
 
 
 async def test_celery_playbook_requeues_only_messages_past_the_visibility_timeout(

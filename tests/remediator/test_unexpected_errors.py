@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from remediator.server import STATE
-from tests.remediator.kit import FAIL_STALE, Client, Site, StartApp, alert, count, fetch, payload, post, seed_cape
+from tests.remediator.kit import AUTH, FAIL_STALE, Client, Site, StartApp, alert, count, fetch, payload, post, seed_cape
 
 
 def book(name: str, step: str) -> str:
@@ -31,7 +31,7 @@ async def outcomes(site: Site, timeout: float = 20.0, n: int = 1) -> dict[str, t
 
 
 async def readyz(client: Client) -> tuple[int, Any]:
-    async with client.get("/readyz") as r:
+    async with client.get("/readyz", headers=AUTH) as r:  # with credentials: the details too
         return r.status, await r.json()
 
 
@@ -50,9 +50,12 @@ async def test_an_unforeseen_error_in_a_step_fails_the_run_with_its_type_and_mes
     monkeypatch.setenv("API_TOKEN", "s3cret\n")
     http = book("http", f'http: {{url: "http://127.0.0.1:{server.port}/x", '
                         'headers: {Authorization: "Token ${API_TOKEN}"}}')
-    superscript = book("pid", 'process: {pid: "{{ labels.pid }}", match: "scan-engine"}')
+    superscript = ("name: pid\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n"
+                   "  - name: task\n    sql: {system: cape, query: \"select '²' as pid, now() as started_at\"}\n"
+                   '  - name: act\n    for_each: task\n    process: {pid: "{{ item.pid }}", '
+                   'started_at: "{{ item.started_at }}", engine: scan-engine}\n')
     client = await start(site.setup(http, superscript))
-    assert (await post(client, payload(alert(pid="²"))))[0] == 200
+    assert (await post(client, payload(alert())))[0] == 200
     done = await outcomes(site, n=2)
     assert done["http"][0] == "failed"
     assert (done["http"][1] or "").startswith("step 'act': ValueError: ")

@@ -68,14 +68,14 @@ def test_an_empty_basic_auth_password_is_refused_like_an_empty_token(site: Site)
         site.setup(FAIL_STALE, auth={"basic_auth": {"username": "am", "password_file": "password"}})
 
 
-async def test_with_no_credentials_the_warning_says_the_audit_trail_is_open_too(
+async def test_with_auth_none_the_warning_says_the_audit_trail_is_open_too(
         site: Site, start: StartApp, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="taskmedic.remediator")
-    client = await start(site.setup(FAIL_STALE, auth={}), run_worker=False)
+    client = await start(site.setup(FAIL_STALE, auth="none"), run_worker=False)
     async with client.get("/runs") as r:
         assert r.status == 200  # protect_runs has no credentials to ask for
-    [warning] = [r.getMessage() for r in caplog.records if "no webhook auth" in r.getMessage()]
-    assert "POST /alerts" in warning and "GET /runs" in warning and "is open" in warning
+    [warning] = [r.getMessage() for r in caplog.records if "auth: none" in r.getMessage()]
+    assert "POST /alerts" in warning and "GET /runs" in warning and "are open too" in warning
 
 
 async def test_malformed_bodies_get_a_precise_400_and_nothing_is_journaled(site: Site, start: StartApp) -> None:
