@@ -4,7 +4,9 @@ with `--skip-remediator`). Not tests: nothing here asserts a time; it measures a
 - webhook: the real `taskmedic-remediator` journaling every POST, against a bare aiohttp handler
   (and against its own app journaling with the worker off);
 - repair: 100,000 stuck CAPE tasks failed by the engine in batches, against one bulk UPDATE;
-- first SQL: alert POSTed → the playbook's first statement executed on the server.
+- first SQL: alert POSTed → the playbook's first statement executed on the server;
+- soak (60 s, loopback): real POSTs while 1,000 slow connections are held open and a
+  10,000-alert storm of another playbook is being drained.
 
 `python -m bench.remediator bare PORT | journal-only CONFIG PORT` serves a webhook baseline.
 """
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +32,7 @@ import asyncpg
 from aiohttp import web
 
 from bench import exporter as bench  # it imports this module too: names are looked up when used
-from deploy.local.servers import PostgresServer, free_port, running, wait_http, wait_port
+from deploy.local.servers import PostgresServer, free_port, running, tempdir, wait_http, wait_port
 from remediator.config import load_setup
 from remediator.server import make_app
 from taskmedic import commandline
@@ -58,6 +61,7 @@ steps:
       statement: "insert into bench_marks (fingerprint, at) values ($1, clock_timestamp())"
       params: ["{{ alert.fingerprint }}"]
       max_rows: 1
+      max_rows_after_write: true
 """
 
 # The shipped CAPE playbook's repair, limited with the batch size. Each row stamps the moment it
@@ -95,6 +99,8 @@ def measure(tmp: Path, pg: PostgresServer, args: argparse.Namespace) -> dict[str
     out |= bench_webhook(work, pg, args)
     print("  repair ...", flush=True)
     out |= bench_repair(work, pg, args)
+    print("  soak ...", flush=True)
+    out |= bench_soak(work, pg)
     return out
 
 
@@ -144,11 +150,14 @@ def bare_app() -> web.Application:
     return app
 
 
-def remediator_config(tmp: Path, pg: PostgresServer, cape_db: str, journal: str, playbook: str) -> Path:
-    """Shipped defaults (4 workers, 1 s poll, 30 s lease), a bearer token, one playbook."""
-    book = tmp / f"{journal}-{cape_db}.playbook.yml"
-    book.write_text(playbook)
-    settings = {"journal": pg.dsn(journal), "playbooks": [str(book)], "auth": {"bearer_token": TOKEN}}
+def remediator_config(tmp: Path, pg: PostgresServer, cape_db: str, journal: str, *playbooks: str,
+                      **extra: Any) -> Path:
+    """Shipped defaults (4 workers, 1 s poll, 30 s lease), a bearer token, the playbooks."""
+    books = [tmp / f"{journal}-{cape_db}.playbook{i}.yml" for i in range(len(playbooks))]
+    for book, text in zip(books, playbooks, strict=True):
+        book.write_text(text)
+    settings = {"journal": pg.dsn(journal), "playbooks": [str(b) for b in books], "auth": {"bearer_token": TOKEN},
+                **extra}
     path = tmp / f"{journal}-{cape_db}.yml"
     path.write_text(bench.cape_config(pg, cape_db) + "remediator: " + json.dumps(settings) + "\n")
     return path
@@ -346,6 +355,129 @@ def repair_copy(pg: PostgresServer, seed: str, name: str, work: Work) -> dict[st
 
 # --- report ----------------------------------------------------------------------------------
 
+# --- soak: slow connections and a storm ------------------------------------------------------
+
+SOAK_SECONDS = 60.0  # the whole soak, from the first slow connection to the last probe
+SOAK_SLOW = 1000  # connections that send a header line and then a byte every few seconds
+SOAK_STORM = 10_000  # alerts of one POST for the storm playbook
+SOAK_PROBES = 400  # real alerts, one every ALERT_INTERVAL, for the probe playbook
+SOAK_JOURNAL = "rem_soak_journal"
+STORM_BOOK = """name: bench-storm
+match: {alertname: Storm}
+exclusive: false
+steps:
+  - name: look
+    sql: {system: cape, query: "select pg_sleep(0.01)"}
+"""
+
+
+async def slow_connection(port: int, end: float, closed: list[int]) -> bool:
+    """Until `end`, hold a connection that sends a request line and then a header byte every
+    second; whenever the server closes it (or refuses it), count that and connect again. True if
+    the connection open at the end had been held since the start."""
+    since_start = True
+    while time.monotonic() < end:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /alerts HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            while time.monotonic() < end and not reader.at_eof():
+                await asyncio.sleep(1)
+                writer.write(b"a")
+                await writer.drain()
+            writer.close()
+            if time.monotonic() >= end:
+                return since_start
+        except OSError:
+            await asyncio.sleep(0.1)
+        closed[0] += 1
+        since_start = False
+    return False
+
+
+async def probes(url: str, end: float) -> tuple[dict[str, float], list[float], int]:
+    """POST one probe alert every ALERT_INTERVAL until SOAK_PROBES or `end`: send times by
+    fingerprint, answer latencies, and how many were not answered 200."""
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    errors = 0
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for i in range(SOAK_PROBES):
+            if time.monotonic() > end:
+                break
+            fingerprint = f"soak-{i:05d}"
+            body = json.dumps(payload(alert(fingerprint=fingerprint))).encode()
+            sent[fingerprint] = time.time()
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=HEADERS) as r:
+                    errors += r.status != 200
+                    await r.read()
+            except (aiohttp.ClientError, TimeoutError):
+                errors += 1
+            latencies.append(time.perf_counter() - t0)
+            await asyncio.sleep(max(sent[fingerprint] + ALERT_INTERVAL - time.time(), 0))
+    return sent, latencies, errors
+
+
+async def soak(port: int) -> dict[str, Any]:
+    end = time.monotonic() + SOAK_SECONDS
+    url = f"http://127.0.0.1:{port}/alerts"
+    closed = [0]
+    slow = [asyncio.create_task(slow_connection(port, end - 5, closed)) for _ in range(SOAK_SLOW)]
+    await asyncio.sleep(2)  # the slow connections are open
+    storm = json.dumps(payload(*(alert(fingerprint=f"storm-{i:05d}", alertname="Storm")
+                                 for i in range(SOAK_STORM)))).encode()
+    t0, tries, status = time.perf_counter(), 0, 0
+    async with aiohttp.ClientSession() as session:
+        while status != 200 and time.monotonic() < end - 20:  # as Alertmanager would, retry until journaled
+            tries += 1
+            try:
+                status, _ = await _post(session, url, storm)
+            except aiohttp.ClientError:
+                status = 0
+            if status != 200:
+                await asyncio.sleep(0.5)
+    storm_s = time.perf_counter() - t0
+    sent, latencies, errors = await probes(url, end - 10)
+    held = sum(await asyncio.gather(*slow))
+    return {"storm_status": status, "storm_post_s": storm_s, "storm_tries": tries, "sent": sent,
+            "latencies": latencies, "errors": errors, "held": held, "closed": closed[0]}
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, str]:
+    async with session.post(url, data=body, headers=HEADERS) as r:
+        return r.status, await r.text()
+
+
+def bench_soak(tmp: Path, pg: PostgresServer) -> dict[str, float]:
+    """The real remediator under SOAK_SLOW slow connections and a SOAK_STORM-alert storm; what a
+    real alert then sees: its POST's latency and the delay until its playbook's first statement."""
+    pg.psql(f"create database {SOAK_JOURNAL}")
+    pg.psql("create table if not exists bench_marks (fingerprint text not null, at timestamptz not null)", db=MARKS)
+    config = remediator_config(tmp, pg, MARKS, SOAK_JOURNAL, MARK_BOOK, STORM_BOOK, max_alerts_per_post=SOAK_STORM,
+                               max_body_bytes=16 * 1024 * 1024)
+    port = free_port()
+    with running([sys.executable, "-m", "remediator", "--config", str(config), "--listen", f"127.0.0.1:{port}"],
+                 tmp / "soak.log"):
+        wait_http(f"http://127.0.0.1:{port}/readyz")
+        r = asyncio.run(soak(port))
+        time.sleep(2)  # the last probes' runs
+        drained = int(pg.psql("select count(*) from taskmedic_runs where playbook = 'bench-storm' and status = 'done'",
+                              db=SOAK_JOURNAL))
+    marks = pg.psql("select fingerprint, extract(epoch from at) from bench_marks where fingerprint like 'soak-%'",
+                    db=MARKS)
+    first = [float(at) - r["sent"][fp] for fp, at in (line.split("|") for line in marks.splitlines() if line)]
+    return {"soak_slow": float(SOAK_SLOW), "soak_slow_held": float(r["held"]), "soak_storm": float(SOAK_STORM),
+            "soak_slow_closed": float(r["closed"]), "soak_storm_tries": float(r["storm_tries"]),
+            "soak_storm_status": float(r["storm_status"]), "soak_storm_post_s": r["storm_post_s"],
+            "soak_probes": float(len(r["latencies"])), "soak_errors": float(r["errors"]),
+            "soak_p99_ms": bench.p99(r["latencies"]) * 1000, "soak_p50_ms": statistics.median(r["latencies"]) * 1000,
+            "soak_first_sql_runs": float(len(first)),
+            "soak_first_sql_p99_ms": bench.p99(first) * 1000 if first else math.nan,
+            "soak_drained": float(drained)}
+
+
 def report_lines(r: dict[str, float]) -> list[str]:
     """Rows of the benchmarks table, then the bullets of the "How" section."""
     return table_rows(r) + how(r)
@@ -370,6 +502,22 @@ def table_rows(r: dict[str, float]) -> list[str]:
         f"| alert received → first playbook SQL statement, {r['alerts']:.0f} alerts at {1 / ALERT_INTERVAL:.0f}/s | "
         f"p99 **{r['first_sql_p99_ms']:.1f} ms** (p50 {r['first_sql_p50_ms']:.1f}, max "
         f"{r['first_sql_max_ms']:.1f}) | < 100 ms |",
+        *soak_rows(r),
+    ]
+
+
+def soak_rows(r: dict[str, float]) -> list[str]:
+    if "soak_p99_ms" not in r:
+        return []
+    return [
+        f"| soak: real POSTs while {r['soak_slow']:,.0f} slow clients hold connections open (reconnecting when "
+        f"closed) and a {r['soak_storm']:,.0f}-alert storm is drained | {r['soak_probes']:.0f} POSTs, p99 "
+        f"**{r['soak_p99_ms']:.1f} ms** (p50 {r['soak_p50_ms']:.1f}), {r['soak_errors']:.0f} not answered 200; "
+        f"first SQL of {r['soak_first_sql_runs']:.0f} of their runs p99 **{r['soak_first_sql_p99_ms']:.0f} ms**; "
+        f"storm POST answered {r['soak_storm_status']:.0f} after {r['soak_storm_tries']:.0f} tries in "
+        f"{r['soak_storm_post_s']:.2f} s, {r['soak_drained']:,.0f} of its runs done meanwhile; slow connections "
+        f"closed by the server (and reopened) {r['soak_slow_closed']:,.0f} times, held from start to end "
+        f"{r['soak_slow_held']:,.0f} | p99 < 20 ms |",
     ]
 
 
@@ -399,11 +547,35 @@ def how(r: dict[str, float]) -> list[str]:
         "ms to the same process; the playbook's first statement is `insert into bench_marks values ($1, "
         "clock_timestamp())` with `{{ alert.fingerprint }}`, and the latency is that server time minus the "
         "`time.time()` taken before the POST (one host clock).",
+        f"- Soak ({SOAK_SECONDS:.0f} s, loopback): the real remediator (shipped defaults, `max_alerts_per_post` "
+        f"raised to {SOAK_STORM:,}) with two playbooks. {SOAK_SLOW:,} clients each hold a connection that sends a "
+        "request line and then one header byte a second, and reconnect whenever the server closes or refuses it; "
+        "one POST carries a storm of alerts for a playbook whose step takes 10 ms (retried until answered 200, as "
+        "Alertmanager would); then probe alerts for the other playbook are POSTed one every "
+        f"{ALERT_INTERVAL * 1000:.0f} ms (10 s client timeout), and their first statement stamps the server clock "
+        "as above.",
     ]
+
+
+def soak_alone() -> int:
+    """`soak`: only the soak benchmark, on a PostgreSQL of its own; prints its numbers."""
+    root = tempdir("taskmedic-soak-")
+    pg = PostgresServer(root / "pg", options=PG_OPTIONS)
+    pg.init()
+    pg.start()
+    try:
+        pg.psql(f"create database {MARKS}")
+        print("\n".join(soak_rows(bench_soak(root, pg))))
+    finally:
+        pg.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
 
 
 def serve_baseline(argv: list[str]) -> int:
     """`bare PORT` or `journal-only CONFIG PORT`: the webhook's baselines, run as child processes."""
+    if argv[0] == "soak":
+        return soak_alone()
     if argv[0] == "bare":
         return commandline.serve(bare_app, ("127.0.0.1", int(argv[1])), "bench-bare", HttpLimits())
     setup = load_setup(argv[1])

@@ -110,6 +110,8 @@ class RemediatorSettings(Model):
     statement_timeout: Duration = Field(default=60.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     shutdown_grace: Duration = 20.0  # on SIGTERM, running steps get this long to finish
+    retention: Duration = Field(default=30 * 86400.0, ge=86400)  # finished runs older than this are deleted
+    max_alerts_per_post: int = Field(default=100, ge=1)  # per playbook; the rest are answered as suppressed
 
     @property
     def replica_name(self) -> str:

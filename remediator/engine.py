@@ -29,7 +29,7 @@ from remediator.labels import templates
 from remediator.matching import AlertInfo
 from remediator.steps import STEP_TYPES, Refused, RunContext, StepFailed, StepResult, Transactions
 from remediator.steps.base import Row, TargetRows, reads_targets
-from remediator.steps.sql import as_text, execute
+from remediator.steps.sql import as_text, fetch_at_most
 from remediator.templating import RenderError, render, render_all
 from taskmedic.config.model import Backup, Disk, System
 from taskmedic.connections import Connections
@@ -52,6 +52,13 @@ class StepRecord:
     duration_seconds: float = 0.0
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    kept: bool = False  # it changed something outside the run's SQL transaction: no rollback undoes it
+
+
+def kept_effects(records: list[StepRecord]) -> str:
+    """What a failed or refused run leaves done: the earlier steps that acted outside its SQL transaction."""
+    kept = [f"step {r.name!r} ({r.type}, {r.rows} affected)" for r in records if r.kept and r.outcome == "ok"]
+    return f"; kept, not rolled back: {', '.join(kept)}" if kept else ""
 
 
 @dataclass
@@ -203,7 +210,7 @@ class Engine:
                 records.append(record)
                 await self._step(step, ctx, run_id, record)
                 if record.outcome in ("failed", "refused"):
-                    return record.outcome, f"step {step.name!r}: {record.error}"
+                    return record.outcome, f"step {step.name!r}: {record.error}{kept_effects(records[:-1])}"
             await transactions.settle(commit=not dry_run)
             settled = True
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
@@ -221,7 +228,7 @@ class Engine:
         ctx = replace(ctx, progress=record.detail)
         try:
             result = await (self._each(step, ctx) if step.for_each else STEP_TYPES[step.kind].run(step.spec, ctx))
-            record.rows, record.detail = result.rows, result.detail
+            record.rows, record.detail, record.kept = result.rows, result.detail, result.kept and not ctx.dry_run
             if result.rows_returned is not None:
                 ctx.outputs[step.name] = result.rows_returned
         except (Refused, StepFailed) as e:
@@ -248,12 +255,13 @@ class Engine:
         Each run keeps its own guard; the rows it outputs are gathered for later steps."""
         assert step.for_each is not None
         items = ctx.outputs.get(step.for_each, [])
-        total = StepResult(detail={"for_each": step.for_each, "items": len(items), "each": []})
+        total = StepResult(detail={"for_each": step.for_each, "items": len(items), "each": []}, kept=False)
         kept: list[Row] = []
         for item in items:
             result = await STEP_TYPES[step.kind].run(step.spec, replace(ctx, variables={**ctx.variables,
                                                                                         "item": item}))
             total.rows += result.rows
+            total.kept |= result.kept
             if len(total.detail["each"]) < 20:
                 total.detail["each"].append(result.detail)
             kept += result.rows_returned or []
@@ -292,7 +300,7 @@ class Engine:
         values = render_all([as_text(p) for p in check.params], variables)
         pool = await self.connections.pg(system.database, system.timezone, self.statement_timeout)
         async with pool.acquire() as conn, conn.transaction(readonly=True):
-            rows, _ = await execute(conn, check.query, values)
+            rows = await fetch_at_most(conn, check.query, values, 1)  # only its first row counts
         return _number(rows[0][0] if rows and len(rows[0]) else None)
 
     async def _measure_redis(self, check: RedisCheck, variables: dict[str, Any]) -> float:

@@ -29,6 +29,7 @@ log = logging.getLogger("taskmedic.remediator.journal")
 
 OUTCOMES = ("succeeded", "failed", "dry_run", "refused", "suppressed", "skipped", "interrupted")
 ACTED = ["succeeded", "failed", "interrupted"]  # outcomes that may have changed something
+ACTED_SQL = ", ".join(map(repr, ACTED))
 STATUSES = ("pending", "running", "done")
 
 # Each statement is idempotent; they run in order, under a lock, at every start.
@@ -63,6 +64,21 @@ MIGRATIONS = (
         constraint taskmedic_runs_once unique (playbook, fingerprint, starts_at))""",
     "create index if not exists taskmedic_runs_todo on taskmedic_runs (id) where status <> 'done'",
     "create index if not exists taskmedic_runs_recent on taskmedic_runs (playbook, started_at)",
+    # Guards (reserved_at: when a run passed them and was allowed to act), the fair claim (the
+    # oldest pending run of each playbook) and retention (the oldest finished runs). Done once:
+    # ALTER TABLE would take an exclusive lock at every start even when there is nothing to add.
+    f"""do $$ begin
+        if not exists (select from pg_attribute where attrelid = 'taskmedic_runs'::regclass
+                                                   and attname = 'reserved_at' and not attisdropped) then
+            alter table taskmedic_runs add column reserved_at timestamptz;
+            update taskmedic_runs set reserved_at = started_at
+            where outcome in ({ACTED_SQL}) and started_at > now() - interval '1 day';
+            create index taskmedic_runs_reserved on taskmedic_runs (playbook, reserved_at)
+                where reserved_at is not null;
+            create index taskmedic_runs_pending on taskmedic_runs (playbook, id) where status = 'pending';
+            create index taskmedic_runs_finished on taskmedic_runs (finished_at) where status = 'done';
+        end if;
+    end $$""",
     # remediator.pause: one row per paused scope (a playbook, or "*" for all)
     """create table if not exists taskmedic_pauses (
         scope text primary key,
@@ -74,7 +90,11 @@ MIGRATIONS = (
 
 COLUMNS = ("id, playbook, fingerprint, starts_at, alert_status, labels, annotations, ends_at, generator_url, "
            "receiver, group_key, received_at, received_by, status, outcome, dry_run, attempts, replica, "
-           "lease_until, started_at, finished_at, duration_seconds, steps, error, history")
+           "lease_until, started_at, reserved_at, finished_at, duration_seconds, steps, error, history")
+# A run counts against cooldown and max_runs_per_hour from its reservation on, while it runs and
+# after, unless it ended without acting (refused, skipped, dry run, suppressed).
+COUNTED = f"reserved_at is not null and (outcome is null or outcome in ({ACTED_SQL}))"
+PRUNE_BATCH = 1000  # finished runs deleted per statement by retention
 
 # What counts as "the journal is unreachable": the webhook answers 503 and Alertmanager retries.
 # A server-side error (read-only after a failover, disk full, ...) counts too: retrying later is right.
@@ -261,13 +281,21 @@ class Journal:
         return {(r["playbook"], r["fingerprint"], r["starts_at"]) for r in rows}
 
     async def claim(self, playbooks: Sequence[str]) -> Run | None:
+        """Claim the next run, fairly: the oldest pending run of the playbook served least recently,
+        so a storm of one playbook's alerts delays another playbook's run by a claim or two."""
         async with self.connection() as conn:
             row = await conn.fetchrow(
                 f"""update taskmedic_runs set status = 'running', replica = $1, attempts = attempts + 1,
                         lease_until = now() + make_interval(secs => $2), started_at = now()
-                    where id = (select id from taskmedic_runs
-                                where status = 'pending' and not_before <= now() and playbook = any($3::text[])
-                                order by id limit 1 for update skip locked)
+                    where id = (
+                        select head.id from unnest($3::text[]) as p(name)
+                        cross join lateral (
+                            select id from taskmedic_runs
+                            where status = 'pending' and playbook = p.name and not_before <= now()
+                            order by id limit 1 for update skip locked) head
+                        order by (select max(started_at) from taskmedic_runs where playbook = p.name)
+                                 nulls first, head.id
+                        limit 1)
                     returning {COLUMNS}""", self.replica, self.lease, list(playbooks))
         return Run.from_row(row) if row else None
 
@@ -333,22 +361,59 @@ class Journal:
                where id = $1""",
             run.id, json.dumps([note]), again, f"lease expired: replica {run.row['replica']} stopped mid-run")
 
-    async def recently_acted(self, run: Run, seconds: float) -> bool:
-        """Did another run of this playbook act on the same alert fingerprint in the last `seconds`?"""
-        async with self.connection() as conn:
-            return bool(await conn.fetchval(
-                """select exists(select 1 from taskmedic_runs
-                                 where playbook = $1 and fingerprint = $2 and id <> $3 and outcome = any($4::text[])
-                                   and started_at > now() - make_interval(secs => $5))""",
-                run.playbook, run.alert.fingerprint, run.id, ACTED, seconds))
+    async def reserve(self, run: Run, cooldown: float, max_runs_per_hour: int | None) -> str | None:
+        """Check the run's guards and mark it as acting, atomically: None when it may act, else why not.
+
+        Count and reservation happen in one transaction under the playbook's guard lock (a
+        transaction-scoped advisory lock), so runs on any worker of any replica, exclusive or not,
+        pass the guards one at a time and each sees the reservations made before it."""
+        async with self.connection() as conn, conn.transaction():
+            if cooldown or max_runs_per_hour is not None:
+                await conn.execute("select pg_advisory_xact_lock(hashtextextended($1, 0))",
+                                   f"taskmedic:guards:{run.playbook}")
+            if cooldown and await conn.fetchval(
+                    f"""select exists(select 1 from taskmedic_runs
+                                      where playbook = $1 and fingerprint = $2 and id <> $3 and {COUNTED}
+                                        and reserved_at > now() - make_interval(secs => $4))""",
+                    run.playbook, run.alert.fingerprint, run.id, cooldown):
+                return f"cooldown: this alert was acted on less than {cooldown:g}s ago"
+            if max_runs_per_hour is not None:
+                count = await conn.fetchval(
+                    f"""select count(*) from taskmedic_runs
+                        where playbook = $1 and id <> $2 and {COUNTED}
+                          and reserved_at > now() - interval '1 hour'""", run.playbook, run.id)
+                if count >= max_runs_per_hour:
+                    return f"circuit open: {count} runs in the last hour (max_runs_per_hour {max_runs_per_hour})"
+            mine = await conn.fetchval(
+                """update taskmedic_runs set reserved_at = now()
+                   where id = $1 and replica = $2 and status = 'running' and attempts = $3 returning true""",
+                run.id, self.replica, run.attempts)
+        return None if mine else "the run was taken over by another replica before it started"
 
     async def runs_last_hour(self) -> dict[str, int]:
-        """Runs that acted in the last hour, per playbook (the circuit breaker's count)."""
+        """Runs that acted (or are acting) in the last hour, per playbook (the circuit breaker's count)."""
         async with self.connection() as conn:
-            rows = await conn.fetch("""select playbook, count(*) as n from taskmedic_runs
-                                       where outcome = any($1::text[]) and started_at > now() - interval '1 hour'
-                                       group by playbook""", ACTED)
+            rows = await conn.fetch(f"""select playbook, count(*) as n from taskmedic_runs
+                                        where {COUNTED} and reserved_at > now() - interval '1 hour'
+                                        group by playbook""")
         return {r["playbook"]: r["n"] for r in rows}
+
+    async def prune(self, retention: float, batches: int) -> int:
+        """Delete finished runs older than `retention` seconds, at most `batches` short statements
+        of PRUNE_BATCH rows each (the journal stays responsive); returns how many were deleted."""
+        deleted = 0
+        for _ in range(batches):
+            async with self.connection() as conn:
+                n = len(await conn.fetch(
+                    """delete from taskmedic_runs where id in (
+                           select id from taskmedic_runs
+                           where status = 'done' and finished_at < now() - make_interval(secs => $1)
+                           order by finished_at limit $2 for update skip locked)
+                       returning id""", retention, PRUNE_BATCH))
+            deleted += n
+            if n < PRUNE_BATCH:
+                break
+        return deleted
 
     @asynccontextmanager
     async def exclusive(self, playbook: str) -> AsyncIterator[bool]:

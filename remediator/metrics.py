@@ -35,6 +35,9 @@ class Metrics:
                              ["playbook"], registry=r)
         self.unmatched = Counter("taskmedic_alerts_unmatched", "Alerts received that no playbook matches.",
                                  registry=r)
+        self.over_cap = Counter("taskmedic_alerts_over_cap",
+                                "Alerts not journaled because one POST carried more than max_alerts_per_post "
+                                "for their playbook (answered as suppressed).", ["playbook"], registry=r)
         self.journal_up = Gauge("taskmedic_remediator_journal_up",
                                 "1 when the journal database answered the last query (refreshed every few seconds).",
                                 registry=r)
@@ -52,6 +55,7 @@ class Metrics:
         """Every series exists from the start (and from a reload), so rate() and alerts see zeros."""
         for name in playbooks:
             self.circuit.labels(name).set(0)
+            self.over_cap.labels(name)
             for outcome in OUTCOMES:
                 self.runs.labels(name, outcome)
 

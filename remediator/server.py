@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,10 +57,14 @@ def _answer(state: State, status: int, body: dict[str, Any]) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _match(state: State, payload: Payload) -> tuple[list[NewRun], int]:
-    """One run per (alert, matching playbook); alerts that match nothing are counted and logged."""
+def _match(state: State, payload: Payload) -> tuple[list[NewRun], int, int]:
+    """One run per (alert, matching playbook), at most `max_alerts_per_post` per playbook; the
+    alerts over that cap and those that match nothing are counted and logged, not journaled."""
     runs: list[NewRun] = []
     unmatched = 0
+    cap = state.setup.settings.max_alerts_per_post
+    kept: Counter[str] = Counter()
+    over: Counter[str] = Counter()
     for info in (a.info() for a in payload.alerts):
         playbooks = matching(state.setup.playbooks, info)
         if not playbooks:
@@ -67,8 +72,17 @@ def _match(state: State, payload: Payload) -> tuple[list[NewRun], int]:
             state.metrics.unmatched.inc()
             log.info("alert matches no playbook", extra={"alertname": info.labels.get("alertname"),
                                                          "fingerprint": info.fingerprint, "status": info.status})
-        runs += [NewRun(p.name, info, payload.receiver, payload.groupKey) for p in playbooks]
-    return runs, unmatched
+        for p in playbooks:
+            if kept[p.name] >= cap:
+                over[p.name] += 1
+            else:
+                kept[p.name] += 1
+                runs.append(NewRun(p.name, info, payload.receiver, payload.groupKey))
+    for name, n in over.items():
+        state.metrics.over_cap.labels(name).inc(n)
+        log.warning("too many alerts in one POST for a playbook; the rest are suppressed, not journaled", extra={
+            "playbook": name, "journaled": cap, "suppressed": n, "max_alerts_per_post": cap})
+    return runs, unmatched, sum(over.values())
 
 
 def authenticated(state: State, request: web.Request) -> bool:
@@ -92,7 +106,7 @@ async def receive(state: State, request: web.Request) -> web.Response:
         return _answer(state, 408, {"error": e.text})
     except InvalidPayload as e:
         return _answer(state, 400, {"error": "invalid Alertmanager webhook payload", "problems": e.problems})
-    runs, unmatched = _match(state, payload)
+    runs, unmatched, over_cap = _match(state, payload)
     try:
         new = await state.journal.record(runs)
     except JournalUnavailable as e:
@@ -100,7 +114,8 @@ async def receive(state: State, request: web.Request) -> web.Response:
         return _answer(state, 503, {"error": "journal unavailable; retry later"})
     if new and state.worker is not None:
         state.worker.wake()
-    return _answer(state, 200, {"journaled": new, "duplicates": len(runs) - new, "unmatched": unmatched})
+    body = {"journaled": new, "duplicates": len(runs) - new, "unmatched": unmatched}
+    return _answer(state, 200, body | ({"suppressed": over_cap} if over_cap else {}))
 
 
 async def post_alerts(request: web.Request) -> web.Response:

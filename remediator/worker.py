@@ -6,8 +6,8 @@ renewal that set it was sent, and gives each renewal only the time left before a
 of a lease ahead of expiry: if the lease cannot be confirmed by then, or the journal says the
 run is no longer ours, the run is cancelled (its SQL rolls back, its outcome is not written)
 while the lease still holds, before another replica may settle or re-run it. The per-playbook
-guards (cooldown, circuit breaker) are checked under the playbook's advisory lock, and the
-outcome is written before the lock is released, so concurrent replicas see each other's runs.
+guards (cooldown, circuit breaker) are one atomic reservation in the journal (see
+`Journal.reserve`): workers and replicas pass them one at a time, exclusive playbooks or not.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from remediator.config import Playbook, Setup
-from remediator.engine import Engine, Report
-from remediator.journal import Journal, JournalUnavailable, Run
+from remediator.engine import Engine, Report, kept_effects
+from remediator.journal import PRUNE_BATCH, Journal, JournalUnavailable, Run
 from remediator.metrics import Metrics
 from remediator.pause import Pauses
 
@@ -31,6 +31,8 @@ log = logging.getLogger("taskmedic.remediator.worker")
 BUSY_RETRY = 1.0  # seconds before a run whose playbook is running elsewhere is claimed again
 LOOP_BACKOFF = 1.0  # seconds before a background loop tries again after an unexpected error
 FINISH_ATTEMPTS = 5
+PRUNE_EVERY = 300.0  # seconds between retention passes (sooner while a backlog is being deleted)
+PRUNE_BATCHES = 10  # statements of PRUNE_BATCH rows per pass
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Worker:
         self._slots = asyncio.Semaphore(self.settings.workers)
         self._active: dict[int, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
+        self._next_prune = 0.0
 
     def reconfigure(self, setup: Setup) -> None:
         """Take reloaded playbooks and settings: runs claimed from now on use them; a run already
@@ -133,6 +136,7 @@ class Worker:
                 await self._recover()
                 await self._refresh_circuits()
                 self.metrics.show_pauses(await self.pauses.active())
+                await self._prune()
                 self.metrics.journal_up.set(1)
             except JournalUnavailable as e:
                 self.metrics.journal_up.set(0)
@@ -154,6 +158,15 @@ class Worker:
                 "attempt": run.attempts, "retried": retried})
         if any(retried for _run, retried in settled):
             self.wake()
+
+    async def _prune(self) -> None:
+        if time.monotonic() < self._next_prune:
+            return
+        deleted = await self.journal.prune(self.settings.retention, PRUNE_BATCHES)
+        self._next_prune = time.monotonic() + (0 if deleted >= PRUNE_BATCHES * PRUNE_BATCH else PRUNE_EVERY)
+        if deleted:
+            log.info("pruned finished runs older than the retention period", extra={
+                "deleted": deleted, "retention_seconds": self.settings.retention})
 
     async def _refresh_circuits(self) -> None:
         counts = await self.journal.runs_last_hour()
@@ -194,22 +207,19 @@ class Worker:
         pause = await self.pauses.applying_to(playbook.name)
         if pause is not None:
             return Report("suppressed", error=pause.describe())
-        if playbook.cooldown and await self.journal.recently_acted(run, playbook.cooldown):
-            return Report("suppressed", error=f"cooldown: this alert was acted on less than "
-                                              f"{playbook.cooldown:g}s ago")
-        if playbook.max_runs_per_hour is not None:
-            count = (await self.journal.runs_last_hour()).get(playbook.name, 0)
-            circuit_open = count >= playbook.max_runs_per_hour
-            self.metrics.circuit.labels(playbook.name).set(int(circuit_open))
-            if circuit_open:
-                return Report("suppressed", error=f"circuit open: {count} runs in the last hour "
-                                                  f"(max_runs_per_hour {playbook.max_runs_per_hour})")
+        refusal = await self.journal.reserve(run, playbook.cooldown, playbook.max_runs_per_hour)
+        if refusal is not None:
+            if refusal.startswith("circuit open"):
+                self.metrics.circuit.labels(playbook.name).set(1)
+            return Report("suppressed", error=refusal)
         report = Report("failed")  # filled as the run goes, so a timeout keeps what the steps did
         try:
             async with asyncio.timeout(playbook.timeout):
                 return await self.engine.execute(playbook, run.alert, self.settings.dry_run, run.id, report)
         except TimeoutError:
-            report.outcome, report.error = "failed", f"timed out after {playbook.timeout:g}s; its SQL was rolled back"
+            report.outcome = "failed"
+            report.error = (f"timed out after {playbook.timeout:g}s; its SQL was rolled back"
+                            f"{kept_effects(report.steps)}")
             return report
         except Exception as e:  # the engine fails steps itself; this is for what it did not foresee
             log.exception("run %s: unexpected error", playbook.name, extra={"run_id": run.id, "playbook": run.playbook})

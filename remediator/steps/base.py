@@ -65,6 +65,7 @@ class StepResult:
     rows: int = 0  # rows/items/files/processes affected (or that would be, in a dry run)
     detail: dict[str, Any] = field(default_factory=dict)
     rows_returned: list[Row] | None = None  # rows for later steps (for_each, ids_from)
+    kept: bool = True  # its effects stay even if the run's SQL is rolled back (redis, files, a batch ...)
 
 
 async def abort_if_client_dies(conn: Any) -> None:

@@ -108,8 +108,8 @@ steps:
   - name: fail only two
     sql:
       system: cape
-      statement: "update tasks set status = 'failed_analysis' where id in (select id from tasks where status = 'pending'
-                  order by id limit 2)"
+      keys: "select id from tasks where status = 'pending' order by id limit 2"
+      statement: "update tasks set status = 'failed_analysis' where id = any($1)"
 verify:
   sql: {{system: cape, query: "select count(*) from tasks where {STALE}", expect: 0}}
 """

@@ -24,9 +24,9 @@ def playbooks(site: Site, api: str) -> list[str]:
     return [trusting_labels(book) for book in (
         "name: sql-interval\n" + head + "    sql: {system: cape, statement: \"update tasks set status = "
         "'failed_analysis' where status = 'pending' and added_on < localtimestamp - $1::interval\", "
-        "params: ['{{ labels.older_than }}']}\n",
+        "params: ['{{ labels.older_than }}'], max_rows_after_write: true}\n",
         "name: sql-text\n" + head + "    sql: {system: cape, statement: \"delete from tasks where target = $1\", "
-        "params: ['{{ labels.target }}']}\n",
+        "params: ['{{ labels.target }}'], max_rows_after_write: true}\n",
         f"name: files\n{head}    files: {{root: {site.tmp / 'storage'}, path: '{{{{ labels.path }}}}'}}\n",
         "name: command\n" + head + "    command: {argv: [echo, '{{ labels.cmd }}']}\n",
         f"name: http\n{head}    http: {{url: '{api}/apiv2/tasks/delete/{{{{ labels.task_id }}}}/pending/'}}\n",

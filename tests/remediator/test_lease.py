@@ -19,7 +19,7 @@ match: {alertname: TaskmedicStuckTasks}
 retry_interrupted: true
 steps:
   - name: count the attempt
-    sql: {system: cape, statement: "update tasks set timeout = timeout + 1"}
+    sql: {system: cape, statement: "update tasks set timeout = timeout + 1", max_rows_after_write: true}
   - name: wait for the test
     sql: {system: cape, query: "select pg_sleep(case when to_regclass('released') is null then 30 else 0 end)"}
 """

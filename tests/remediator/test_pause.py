@@ -18,9 +18,8 @@ steps:
   - name: fail old pending tasks
     sql:
       system: cape
-      statement: >-
-        update tasks set status = 'failed_analysis'
-        where status = 'pending' and added_on < localtimestamp - interval '1 hour'
+      keys: "select id from tasks where status = 'pending' and added_on < localtimestamp - interval '1 hour'"
+      statement: "update tasks set status = 'failed_analysis' where id = any($1) and status = 'pending'"
       max_rows: 100
 """
 FIRST = FAIL_OLD.format(name="first", alertname="First")

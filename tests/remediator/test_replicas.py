@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from tests.polling import wait_until
-from tests.remediator.kit import AUTH, FAIL_STALE, Site, count, payload, seed_cape
+from tests.remediator.kit import AUTH, FAIL_STALE, Site, alert, count, payload, seed_cape
 from tests.services import free_port, running, wait_http
 
 STALE = "status = 'pending' and added_on < localtimestamp - interval '1 hour'"
@@ -27,7 +27,8 @@ match: {{alertname: TaskmedicStuckTasks}}
 retry_interrupted: true
 steps:
   - name: fail stale pending tasks
-    sql: {{system: cape, statement: "update tasks set status = 'failed_analysis' where {STALE}"}}
+    sql: {{system: cape, statement: "update tasks set status = 'failed_analysis' where {STALE}",
+          max_rows_after_write: true}}
   - name: wait for the test
     sql: {{system: cape, query: "select pg_sleep(case when to_regclass('released') is null then 30 else 0 end)"}}
 """
@@ -104,3 +105,24 @@ def test_sigterm_stops_within_the_grace_period_and_releases_the_unfinished_run(s
     assert site.journal.sql("select status, lease_until < now() from taskmedic_runs") == "running|t"
     with replica(site, config, "next"):
         wait_until(lambda: outcomes(site) == ["interrupted"], 10, "the released run to be settled")
+
+
+def test_max_runs_per_hour_holds_across_two_replica_processes(site: Site) -> None:
+    seed_cape(site.cape)
+    book = """
+name: racy
+match: {alertname: TaskmedicStuckTasks}
+exclusive: false
+max_runs_per_hour: 3
+steps:
+  - name: take a while
+    sql: {system: cape, query: "select pg_sleep(1)"}
+"""
+    config = site.write(book, replica="${REPLICA}", workers=4)
+    body = json.dumps(payload(*(alert(f"f{i}") for i in range(8)))).encode()
+    with ExitStack() as stack:
+        ports = [stack.enter_context(replica(site, config, name))[0] for name in ("a", "b")]
+        assert post(ports[0], body) == 200
+        wait_until(lambda: len(outcomes(site)) == 8 and not {"pending", "running"} & set(outcomes(site)), 60,
+                   "every run")
+    assert sorted(outcomes(site)) == ["succeeded"] * 3 + ["suppressed"] * 5

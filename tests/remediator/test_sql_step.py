@@ -29,7 +29,8 @@ async def test_rendered_strings_become_the_types_postgresql_inferred(site: Site)
 async def test_a_value_postgresql_cannot_read_fails_the_run_naming_the_parameter(site: Site) -> None:
     seed_cape(site.cape)
     setup = site.setup(book(sql_step("fail", """statement: "update tasks set status = 'failed_analysis'
-        where status = 'pending' and added_on < localtimestamp - $1::interval", params: ["{{ labels.age }}"]""")))
+        where status = 'pending' and added_on < localtimestamp - $1::interval", params: ["{{ labels.age }}"],
+        max_rows_after_write: true""")))
     report = await execute(setup, {"age": "1 hour'; drop table tasks; --"})
     assert report.outcome == "failed"
     assert report.error == ("step 'fail': parameter $1 (interval): invalid input syntax for type interval: "
@@ -54,8 +55,9 @@ async def test_parameter_count_mismatch_is_a_clear_failure(site: Site) -> None:
 
 async def test_all_sql_of_a_run_on_one_system_commits_or_rolls_back_together(site: Site) -> None:
     seed_cape(site.cape)
-    first = sql_step("fail stale", f"statement: \"update tasks set status = 'failed_analysis' where {STALE}\"")
-    broken = sql_step("then break", "statement: \"update tasks set timeout = 1 / 0\"")
+    first = sql_step("fail stale", f"keys: \"select id from tasks where {STALE}\", "
+                                   "statement: \"update tasks set status = 'failed_analysis' where id = any($1)\"")
+    broken = sql_step("then break", "statement: \"update tasks set timeout = 1 / 0\", max_rows_after_write: true")
     report = await execute(site.setup(book(first, broken)))
     assert [s.outcome for s in report.steps] == ["ok", "failed"]
     assert report.steps[0].rows == 5

@@ -186,6 +186,7 @@ steps:
         update tasks set status = 'failed_analysis'
         where status = 'pending' and added_on < localtimestamp - $1::interval
       params: ["{{ labels.older_than | default('1 hour') }}"]
+      max_rows_after_write: true  # bounded or not, the label is what check must refuse
 """
 
 
@@ -200,7 +201,8 @@ def test_check_refuses_a_playbook_that_feeds_a_label_into_a_write(site: Site) ->
 @pytest.mark.parametrize("playbook, key", [
     ("steps:\n  - name: ids\n    sql: {system: cape, query: \"select id from tasks where target = $1\", "
      "params: [\"{{ labels.target }}\"]}\n  - name: fail\n    for_each: ids\n"
-     "    sql: {system: cape, statement: \"delete from tasks where id = $1\", params: [\"{{ item.id }}\"]}\n",
+     "    sql: {system: cape, statement: \"delete from tasks where id = $1\", params: [\"{{ item.id }}\"], "
+     "max_rows_after_write: true}\n",
      "steps[0].sql.params[0]"),
     ("precheck: {sql: {system: cape, query: \"select count(*) from tasks where added_on < now() - $1::interval\", "
      "params: [\"{{ labels.older_than }}\"]}}\nsteps:\n  - name: x\n    command: {argv: [\"true\"]}\n",
@@ -225,7 +227,7 @@ def test_free_text_and_a_named_opt_in_are_accepted(site: Site) -> None:
         "params: [\"{{ targets.ids }}\", \"taskmedic: {{ labels.summary }}\"]}\n")
     with pytest.raises(ConfigError, match=r"label_text\[0\]: 'steps\[0\].sql.params\[0\]' is not a template"):
         site.setup("name: t\nmatch: {alertname: A}\nlabel_text: [\"steps[0].sql.params[0]\"]\nsteps:\n"
-                   "  - name: x\n    sql: {system: cape, statement: \"select 1\"}\n")
+                   "  - name: x\n    sql: {system: cape, statement: \"select 1\", max_rows_after_write: true}\n")
 
 
 def test_simulate_prints_the_target_rows(site: Site) -> None:
@@ -306,7 +308,8 @@ FOR_EACH = FAIL_STALE.replace('''    sql:
       system: cape
       statement: "update tasks set status = 'failed_analysis', custom = $2 where id = $1 and status = 'pending'"
       params: ["{{ item.id }}", "{{ targets | length }} found; old: {{ item.age_seconds > 3600 }}"]
-      max_rows: 1''')
+      max_rows: 1
+      max_rows_after_write: true  # one row, by its primary key''')
 
 
 async def test_for_each_target_row_a_step_runs_with_its_columns(site: Site) -> None:
