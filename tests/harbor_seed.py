@@ -15,11 +15,10 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
-
-from tests.conftest import Database
 
 NS = "{harbor_job_service_namespace}"
 P = NS + ":"
@@ -30,9 +29,9 @@ def job(name: str, job_id: str, hours_ago: float) -> str:
     return json.dumps({"name": name, "id": job_id, "t": int(time.time() - hours_ago * 3600), "args": {}})
 
 
-def seed_52_hour_shape(db: Database, r: redis.Redis) -> None:
-    db.load("harbor.sql")
-    db.sql("""insert into execution (id, vendor_type, status, trigger, start_time) values
+def seed_52_hour_shape(sql: Callable[[str], object], r: redis.Redis) -> None:
+    """Seed the shape; `sql` runs a statement on a database with Harbor's tables (harbor.sql)."""
+    sql("""insert into execution (id, vendor_type, status, trigger, start_time) values
                 (1, 'EXECUTION_SWEEP', 'Running', 'SCHEDULE', now() - interval '52 hours'),
                 (2, 'EXECUTION_SWEEP', 'Pending', 'SCHEDULE', now() - interval '51 hours'),
                 (3, 'EXECUTION_SWEEP', 'Pending', 'SCHEDULE', now() - interval '27 hours'),

@@ -121,7 +121,8 @@ def harbor_config(db: Database, redis_url: str) -> str:
 async def test_harbor_sweep_on_a_dead_pool_is_worker_gone_and_a_live_13h_replication_is_not(
         db: Database, redis_url: str, tmp: Path) -> None:
     r = redis.Redis.from_url(redis_url)
-    seed_52_hour_shape(db, r)
+    db.load("harbor.sql")
+    seed_52_hour_shape(db.sql, r)
     r.hset(P + "worker_pools:live-pool", mapping={"heartbeat_at": int(time.time()), "job_names": "REPLICATION"})
     r.sadd(P + "worker_pools", "live-pool")
     result = (await collect(tmp, harbor_config(db, redis_url)))["tasks:harbor"]

@@ -24,7 +24,8 @@ def done(r: redis.Redis) -> list[str]:
 async def test_dead_pool_holding_the_sweep_lock_is_reaped_and_the_queued_sweeps_run(
         site: Site, pg: PostgresServer) -> None:
     r = redis.Redis.from_url(site.redis_url)
-    seed_52_hour_shape(site.cape, r)  # the `harbor` system points at this database in shipped()
+    site.cape.load("harbor.sql")  # the `harbor` system points at this database in shipped()
+    seed_52_hour_shape(site.cape.sql, r)
     setup, _ = shipped(site, pg)
     pool = start_pool(site.redis_url)
     try:
@@ -68,7 +69,8 @@ async def test_dead_pool_holding_the_sweep_lock_is_reaped_and_the_queued_sweeps_
 async def test_reap_without_a_live_pool_to_take_the_sweeps_fails_and_settles_nothing(
         site: Site, pg: PostgresServer) -> None:
     r = redis.Redis.from_url(site.redis_url)
-    seed_52_hour_shape(site.cape, r)
+    site.cape.load("harbor.sql")
+    seed_52_hour_shape(site.cape.sql, r)
     r.hset(P + "worker_pools:live-pool", mapping={"heartbeat_at": int(time.time()) + 600,  # alive, never fetches
                                                   "job_names": "REPLICATION"})
     r.sadd(P + "worker_pools", "live-pool")
@@ -83,7 +85,8 @@ async def test_reap_without_a_live_pool_to_take_the_sweeps_fails_and_settles_not
 
 async def test_dry_run_judges_and_changes_nothing(site: Site, pg: PostgresServer) -> None:
     r = redis.Redis.from_url(site.redis_url)
-    seed_52_hour_shape(site.cape, r)
+    site.cape.load("harbor.sql")
+    seed_52_hour_shape(site.cape.sql, r)
     r.hset(P + "worker_pools:live-pool", mapping={"heartbeat_at": int(time.time()) + 600,
                                                   "job_names": "EXECUTION_SWEEP,REPLICATION"})
     setup, _ = shipped(site, pg)
