@@ -1,9 +1,8 @@
-"""CeleryQueueCollector: kombu's Redis transport: queue lists with their priority sub-queues,
-and messages in flight (`unacked` hash, delivery times in `unacked_index`)."""
+"""CeleryQueueCollector: Celery on kombu's Redis transport (`taskmedic.wire.kombu`): queues with
+their priority sub-queues, and the messages in flight with their delivery times."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -11,14 +10,7 @@ from exporter.collectors.redis_base import RedisQueueCollector, systems_of_type
 from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
 from taskmedic.connections import Connections, redis_now
-
-SEP = b"\x06\x16"  # kombu's separator in binding members and priority queue names
-UNACKED = "unacked"
-UNACKED_INDEX = "unacked_index"
-
-
-def priority_queue(queue: bytes, step: int) -> bytes:
-    return queue if step == 0 else queue + SEP + str(step).encode()
+from taskmedic.wire import kombu
 
 
 @dataclass
@@ -26,7 +18,7 @@ class CeleryQueueCollector(RedisQueueCollector):
     # delivery tag → queue: a tag's message never changes, so each body is read and parsed once
     _queue_of_tag: dict[bytes, bytes] = field(default_factory=dict, init=False, repr=False)
     async def _discover(self) -> tuple[set[bytes], dict[bytes, bytes]]:
-        """Queue names and routing key → queue, from kombu's `_kombu.binding.<exchange>` sets.
+        """Queue names and routing key → queue, from the exchanges' binding sets.
 
         The binding sets have known names, so no SCAN of the keyspace (which holds every
         `celery-task-meta-*` result) is needed."""
@@ -36,26 +28,25 @@ class CeleryQueueCollector(RedisQueueCollector):
         if src.discover:
             async with self.client.pipeline(transaction=False) as pipe:
                 for exchange in src.exchanges:
-                    pipe.smembers(f"_kombu.binding.{exchange}")
+                    pipe.smembers(kombu.binding_key(exchange))
                 for members in await pipe.execute():
-                    for member in members:
-                        parts = member.split(SEP)
-                        if len(parts) == 3 and parts[2]:
-                            routes[parts[0]] = parts[2]
-                            names.add(parts[2])
+                    for binding in filter(None, map(kombu.parse_binding, members)):
+                        if binding.queue:
+                            routes[binding.routing_key] = binding.queue
+                            names.add(binding.queue)
         return set(sorted(names)[: src.max_queues]), routes
 
     async def collect(self) -> list[Sample]:
         src = self.source
         names, routes = await self._discover()
         queues = sorted(names)
-        steps = sorted({0, *src.priority_steps})
+        steps = src.priority_steps
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.time()
             for q in queues:
-                for step in steps:
-                    pipe.llen(priority_queue(q, step))
-            pipe.zrange(UNACKED_INDEX, 0, src.max_unacked_scanned - 1, withscores=True)
+                for key in kombu.sub_queues(q, steps):
+                    pipe.llen(key)
+            pipe.zrange(kombu.UNACKED_INDEX, 0, src.max_unacked_scanned - 1, withscores=True)
             replies = await pipe.execute()
         now = redis_now(replies[0])
         lengths = replies[1:-1]
@@ -91,19 +82,18 @@ class CeleryQueueCollector(RedisQueueCollector):
         self._queue_of_tag = {t: q for t, q in self._queue_of_tag.items() if t in current}
         unknown = [t for t in tags if t not in self._queue_of_tag]
         if unknown:
-            payloads = await self.client.hmget(UNACKED, unknown)
+            payloads = await self.client.hmget(kombu.UNACKED, unknown)
             for tag, payload in zip(unknown, payloads, strict=True):
                 if payload is not None:
                     self._queue_of_tag[tag] = self._queue_of(payload, routes)
 
     @staticmethod
     def _queue_of(payload: bytes | str, routes: dict[bytes, bytes]) -> bytes:
-        """kombu stores `[message, exchange, routing_key]`; the routing key leads to the queue."""
-        try:
-            _, _, routing_key = json.loads(payload)
-            key = str(routing_key).encode()
-        except (ValueError, TypeError):
+        """The routing key of an `unacked` entry leads to its queue."""
+        entry = kombu.parse_unacked(payload)
+        if entry is None:
             return b"unknown"
+        key = entry.routing_key.encode()
         return routes.get(key, key)
 
 

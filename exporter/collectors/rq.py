@@ -1,30 +1,15 @@
-"""RqQueueCollector: RQ's queues and job registries. A job in the started registry (`rq:wip:<q>`)
-whose score, its expiry time, has passed was abandoned by a dead worker."""
+"""RqQueueCollector: RQ's queues and job registries (`taskmedic.wire.rq`). A job in the started
+registry whose score, its lease's end, has passed was abandoned by a dead worker."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from exporter.collectors.redis_base import RedisQueueCollector, systems_of_type
 from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
 from taskmedic.connections import Connections, redis_now
-
-QUEUE_PREFIX = "rq:queue:"
-REGISTRIES = {"started": "rq:wip:", "failed": "rq:failed:", "finished": "rq:finished:",
-              "deferred": "rq:deferred:", "scheduled": "rq:scheduled:", "canceled": "rq:canceled:"}
-
-
-def parse_rq_time(raw: bytes | None) -> float | None:
-    """RQ writes `2026-11-23T10:00:00.123456Z` (UTC)."""
-    if not raw:
-        return None
-    text = raw.decode(errors="replace").rstrip("Z")
-    try:
-        return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
+from taskmedic.wire import rq
 
 
 @dataclass
@@ -33,30 +18,30 @@ class RqQueueCollector(RedisQueueCollector):
         src = self.source
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.time()
-            pipe.smembers("rq:queues")
+            pipe.smembers(rq.QUEUES)
             now_reply, members = await pipe.execute()
         now = redis_now(now_reply)
         names = set(src.names)
         if src.discover:
-            names |= {m.decode(errors="replace").removeprefix(QUEUE_PREFIX) for m in members}
+            names |= {rq.queue_name(m) for m in members}
         queues = sorted(names)[: src.max_queues]
         async with self.client.pipeline(transaction=False) as pipe:
             for q in queues:
-                pipe.llen(QUEUE_PREFIX + q)
-                pipe.lindex(QUEUE_PREFIX + q, 0)  # RQ pushes right and pops left: index 0 is oldest
-                pipe.zcount(REGISTRIES["started"] + q, "-inf", now)
-                for prefix in REGISTRIES.values():
-                    pipe.zcard(prefix + q)
+                pipe.llen(rq.queue_key(q))
+                pipe.lindex(rq.queue_key(q), 0)  # RQ pushes right and pops left: index 0 is oldest
+                pipe.zcount(rq.registry_key("started", q), "-inf", now)
+                for kind in rq.REGISTRY_PREFIXES:
+                    pipe.zcard(rq.registry_key(kind, q))
             replies = await pipe.execute()
-        width = 3 + len(REGISTRIES)
+        width = 3 + len(rq.REGISTRY_PREFIXES)
         heads: dict[str, bytes] = {}
-        totals = dict.fromkeys(["queued", *REGISTRIES], 0)
+        totals = dict.fromkeys(["queued", *rq.REGISTRY_PREFIXES], 0)
         abandoned = 0
         out: list[Sample] = []
         system = self.system_name
         for i, q in enumerate(queues):
             depth, head, expired, *sizes = replies[i * width:(i + 1) * width]
-            registry = dict(zip(REGISTRIES, sizes, strict=True))
+            registry = dict(zip(rq.REGISTRY_PREFIXES, sizes, strict=True))
             totals["queued"] += depth
             for status, n in registry.items():
                 totals[status] += n
@@ -69,8 +54,8 @@ class RqQueueCollector(RedisQueueCollector):
         if heads:
             async with self.client.pipeline(transaction=False) as pipe:
                 for job_id in heads.values():
-                    pipe.hget(b"rq:job:" + job_id, "enqueued_at")
-                enqueued = {q: parse_rq_time(t) for q, t in zip(heads, await pipe.execute(), strict=True)}
+                    pipe.hget(rq.job_key(job_id), "enqueued_at")
+                enqueued = {q: rq.parse_time(t) for q, t in zip(heads, await pipe.execute(), strict=True)}
         for q in queues:
             at = enqueued.get(q)
             out.append(sample("taskmedic_queue_oldest_age_seconds", max(now - at, 0.0) if at else 0.0,

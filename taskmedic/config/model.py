@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from taskmedic.wire import kombu
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -225,7 +227,8 @@ class QueueSource(Model):
     discover: bool = True  # find more queues (kombu bindings, rq:queues, harbor known_jobs, list globs)
     max_queues: int = Field(default=1000, gt=0)  # cardinality cap on discovered queues
     namespace: str | None = None  # harbor job service namespace
-    priority_steps: list[int] = Field(default_factory=lambda: [3, 6, 9])  # celery sub-queues
+    # celery: the transport option `priority_steps` (kombu's default; 0 is always a step)
+    priority_steps: kombu.PrioritySteps = Field(default_factory=lambda: list(kombu.DEFAULT_PRIORITY_STEPS))
     exchanges: list[str] = Field(default_factory=lambda: ["celery"])  # celery: kombu binding sets read
     visibility_timeout: Duration = 3600.0  # celery: unacked older than this are stuck
     max_unacked_scanned: int = Field(default=10_000, gt=0)
