@@ -7,10 +7,10 @@ import os
 import sys
 from typing import Any
 
-from exporter.collectors.tasks import build_live_query
 from exporter.config import ExporterConfig
 from taskmedic.config.model import redact
 from taskmedic.connections import Connections
+from taskmedic.detection.sql import build_live_query
 
 
 def seq_scans(plan: Any) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from remediator.labels import label_problems
 from remediator.steps import (
     STEP_TYPES,
     CommandSpec,
@@ -31,7 +32,8 @@ from remediator.steps import (
 from remediator.steps.sql import Param, reject_templated_sql
 from remediator.templating import Template
 from taskmedic.config.loader import ConfigError, Document, KeyPath, expand_env, format_path, load, parse_yaml, validate
-from taskmedic.config.model import Duration, Model, Name, PostgresDsn, System
+from taskmedic.config.model import Backup, Disk, Duration, Model, Name, PostgresDsn, System
+from taskmedic.detection import TARGET_KINDS
 
 Need = Literal["database", "redis"]
 
@@ -93,8 +95,8 @@ class RemediatorConfig(Model):
 
     systems: dict[Name, System] = Field(default_factory=dict)
     remediator: RemediatorSettings
-    disks: Any = None
-    backups: Any = None
+    disks: list[Disk] = Field(default_factory=list)  # `targets: disk` selects among these
+    backups: dict[Name, Backup] = Field(default_factory=dict)  # `targets: backup` selects among these
     exporter: Any = None
 
 
@@ -139,9 +141,12 @@ class Check(Model):
         return self.sql.expect if self.sql is not None else self.redis.expect if self.redis is not None else 0
 
 
+TARGETS = "targets"  # `for_each: targets`, `verify: targets`, and the template variable
+
+
 class Step(Model):
     name: str = Field(min_length=1)
-    for_each: str | None = None  # an earlier step's output rows: this step runs once per row, as `item`
+    for_each: str | None = None  # an earlier step's output rows (or `targets`): once per row, as `item`
     sql: SqlSpec | None = None
     redis: RedisSpec | None = None
     http: HttpSpec | None = None
@@ -179,9 +184,18 @@ class Playbook(Model):
     retry_interrupted: bool = False  # safe to run again after a replica died mid-run
     max_attempts: int = Field(default=3, ge=1)
     timeout: Duration = Field(default=300.0, gt=0)
+    targets: str | None = None  # a kind in taskmedic.detection.TARGET_KINDS: what the steps act on
     precheck: Check | None = None
     steps: list[Step] = Field(min_length=1)
-    verify: Check | None = None
+    verify: Check | Literal["targets"] | None = None
+    label_text: list[str] = Field(default_factory=list)  # key paths where a label is free text, by name
+
+    @field_validator("targets")
+    @classmethod
+    def _known_kind(cls, kind: str | None) -> str | None:
+        if kind is not None and kind not in TARGET_KINDS:
+            raise ValueError(f"unknown targets {kind!r}; one of {', '.join(TARGET_KINDS)}")
+        return kind
 
     @field_validator("match")
     @classmethod
@@ -195,13 +209,25 @@ class Playbook(Model):
         return match
 
     @model_validator(mode="after")
+    def _targets(self) -> Playbook:
+        if self.verify == TARGETS:
+            if self.targets is None:
+                raise ValueError("verify: targets needs `targets:` (the rule re-run after the steps)")
+            if not TARGET_KINDS[self.targets].verifiable:
+                raise ValueError(f"verify: targets is not meaningful for targets: {self.targets}")
+        return self
+
+    @model_validator(mode="after")
     def _steps(self) -> Playbook:
         seen: dict[str, Step] = {}
         for step in self.steps:
-            if step.name in seen:
-                raise ValueError(f"two steps are named {step.name!r}")
-            if step.for_each is not None and step.for_each not in seen:
-                raise ValueError(f"step {step.name!r}: for_each must name an earlier step")
+            if step.name in seen or step.name == TARGETS:
+                raise ValueError(f"two steps are named {step.name!r}" if step.name in seen else
+                                 f"a step cannot be named {TARGETS!r}: that name is the playbook's targets")
+            if step.for_each == TARGETS and self.targets is None:
+                raise ValueError(f"step {step.name!r}: for_each: targets needs `targets:` on the playbook")
+            if step.for_each is not None and step.for_each != TARGETS and step.for_each not in seen:
+                raise ValueError(f"step {step.name!r}: for_each must name an earlier step (or targets)")
             if step.process is not None and step.process.rows_from is not None:
                 if step.process.rows_from not in seen:
                     raise ValueError(f"step {step.name!r}: rows_from must name an earlier step")
@@ -260,9 +286,11 @@ def _read_playbook(path: Path) -> tuple[Playbook, Document]:
 def _system_refs(playbook: Playbook) -> list[tuple[KeyPath, str, Need]]:
     refs: list[tuple[KeyPath, str, Need]] = []
     for name, check in (("precheck", playbook.precheck), ("verify", playbook.verify)):
-        if check is not None and check.sql is not None:
+        if not isinstance(check, Check):
+            continue
+        if check.sql is not None:
             refs.append(((name, "sql", "system"), check.sql.system, "database"))
-        if check is not None and check.redis is not None:
+        if check.redis is not None:
             refs.append(((name, "redis", "system"), check.redis.system, "redis"))
     for i, step in enumerate(playbook.steps):
         if step.sql is not None:
@@ -301,6 +329,7 @@ def load_playbooks(config: RemediatorConfig, base: Path) -> tuple[Playbook, ...]
             problems.extend(e.problems)
             continue
         problems.extend(_check_systems(playbook, doc, config.systems))
+        problems.extend(label_problems(playbook, doc))
         if playbook.name in loaded:
             problems.append(f"{doc.where(('name',))}: name: playbook {playbook.name!r} is also defined in "
                             f"{loaded[playbook.name][1].file}")

@@ -1,4 +1,9 @@
-"""Executing one playbook for one alert: precheck, steps, commit or roll back, verify.
+"""Executing one playbook for one alert: precheck, targets, steps, commit or roll back, verify.
+
+With `targets:` the engine first re-runs the detection rule the alert's labels select (the
+exporter's own rule and code, `taskmedic.detection`): no rows → `skipped`; labels naming nothing
+configured, or more rows than a step may touch → `refused` before any step. `verify: targets`
+re-runs it afterwards: a target still found stuck fails the run.
 
 The engine knows nothing about the journal; the worker (and `simulate`) call `execute` and
 record what it reports. All SQL of a run on one system is one transaction, committed only when
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -19,16 +24,23 @@ from typing import Any
 import asyncpg
 from redis.exceptions import RedisError
 
-from remediator.config import Check, Playbook, RedisCheck, SqlCheck, Step
+from remediator.config import TARGETS, Check, Playbook, RedisCheck, SqlCheck, Step
+from remediator.labels import templates
 from remediator.matching import AlertInfo
 from remediator.steps import STEP_TYPES, Refused, RunContext, StepFailed, StepResult, Transactions
-from remediator.steps.base import Row
+from remediator.steps.base import Row, TargetRows, reads_targets
 from remediator.steps.sql import as_text, execute
 from remediator.templating import RenderError, render, render_all
-from taskmedic.config.model import System
+from taskmedic.config.model import Backup, Disk, System
 from taskmedic.connections import Connections
+from taskmedic.detection import TARGET_KINDS, Inventory, Targets, TargetsRefused
 
 log = logging.getLogger("taskmedic.remediator.run")
+
+TARGET_LIMIT = 10_000  # rows re-found at most; more is refused as "too many", never cut short
+SHOWN_TARGETS = 50  # rows kept in the journal and shown by simulate
+# The key of each step type's own blast-radius limit, compared with the number of targets.
+STEP_LIMITS = {"sql": "max_rows", "redis": "max_items", "files": "max_entries"}
 
 
 @dataclass
@@ -50,9 +62,21 @@ class Report:
     dry_run: bool = False
     precheck: float | None = None
     verify: float | None = None
+    targets: Targets | None = None
+
+    def targets_json(self) -> dict[str, Any] | None:
+        t = self.targets
+        if t is None:
+            return None
+        return {"kind": t.kind, "subject": t.subject, "system": t.system, "count": len(t.rows),
+                "rows": t.rows[:SHOWN_TARGETS]}
 
     def steps_json(self) -> list[dict[str, Any]]:
-        return [asdict(s) for s in self.steps]
+        """The steps as journaled; the targets acted on come first, as a pseudo-step `targets`."""
+        found = self.targets_json()
+        head = [asdict(StepRecord(TARGETS, TARGETS, "ok", len(self.targets.rows), detail=found))] \
+            if found is not None and self.targets is not None else []
+        return head + [asdict(s) for s in self.steps]
 
 
 def _number(value: Any) -> float:
@@ -63,17 +87,45 @@ def _number(value: Any) -> float:
     raise StepFailed(f"a check must return a number, got {value!r}")
 
 
+def _targets_problem(playbook: Playbook, targets: Targets) -> str | None:
+    """Why these targets must not be acted on, before any step runs: a step acting on another
+    system than the targets', or more targets than a step that takes them all at once may touch."""
+    for step in playbook.steps:
+        uses = step.for_each == TARGETS or any(reads_targets(t) for _, t in templates(step.spec, ()))
+        if not uses:
+            continue
+        system = getattr(step.spec, "system", None)
+        if targets.system is not None and system is not None and system != targets.system:
+            return (f"step {step.name!r} acts on system {system!r} but the targets are {targets.subject} "
+                    f"of system {targets.system!r}")
+        limit = getattr(step.spec, STEP_LIMITS.get(step.kind, ""), None)
+        if step.for_each is None and isinstance(limit, int) and len(targets.rows) > limit:
+            return (f"{len(targets.rows)} targets ({targets.subject}), more than step {step.name!r} may touch "
+                    f"({STEP_LIMITS[step.kind]} {limit}); nothing was changed")
+    return None
+
+
 class Engine:
-    def __init__(self, systems: Mapping[str, System], connections: Connections, statement_timeout: float) -> None:
+    def __init__(self, systems: Mapping[str, System], connections: Connections, statement_timeout: float,
+                 disks: Sequence[Disk] = (), backups: Mapping[str, Backup] | None = None) -> None:
         self.systems = systems
         self.connections = connections
         self.statement_timeout = statement_timeout
+        self.inventory = Inventory(systems, disks, backups or {})
+
+    async def find_targets(self, kind: str, alert: AlertInfo) -> Targets:
+        """The rows the rule the alert's labels select finds now (TargetsRefused when they select
+        nothing configured; StepFailed when the rule cannot be read)."""
+        try:
+            return await TARGET_KINDS[kind].find(alert.labels, self.inventory, self.connections, TARGET_LIMIT)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, RedisError, OSError) as e:
+            raise StepFailed(f"{type(e).__name__}: {e}") from None
 
     async def execute(self, playbook: Playbook, alert: AlertInfo, dry_run: bool, run_id: int | None = None) -> Report:
         dry_run = dry_run or playbook.dry_run
         variables = alert.variables()
         report = Report(outcome="failed", dry_run=dry_run)
-        if playbook.precheck is not None:
+        if isinstance(playbook.precheck, Check):
             try:
                 report.precheck = await self.measure(playbook.precheck, variables)
             except StepFailed as e:
@@ -82,16 +134,62 @@ class Engine:
             if report.precheck == playbook.precheck.expect:
                 report.outcome = "skipped"
                 return report
+        if playbook.targets is not None and not await self._target(playbook, playbook.targets, alert, report):
+            return report
+        if report.targets is not None:
+            variables[TARGETS] = TargetRows(report.targets.rows)
         report.outcome, report.error = await self._steps(playbook, variables, dry_run, report.steps, run_id)
-        if report.outcome == "succeeded" and playbook.verify is not None:
+        if report.outcome == "succeeded" and isinstance(playbook.verify, Check):
             await self._verify(playbook.verify, variables, report)
+        elif report.outcome == "succeeded" and playbook.verify == TARGETS:
+            await self._verify_targets(playbook, alert, report)
         return report
+
+    async def _target(self, playbook: Playbook, kind: str, alert: AlertInfo, report: Report) -> bool:
+        """Find the targets into `report`; False (with the outcome set) when the run stops here."""
+        try:
+            targets = await self.find_targets(kind, alert)
+        except TargetsRefused as e:
+            report.outcome, report.error = "refused", f"targets: {e}"
+            return False
+        except StepFailed as e:
+            report.error = f"targets: {e}"
+            return False
+        report.targets = targets
+        problem = _targets_problem(playbook, targets)
+        if targets.truncated:
+            problem = f"more than {len(targets.rows)} targets ({targets.subject}); nothing was changed"
+        if problem is not None:
+            report.outcome, report.error = "refused", f"targets: {problem}"
+            return False
+        if not targets.rows:
+            report.outcome, report.error = "skipped", f"targets: the rule finds nothing to act on ({targets.subject})"
+            return False
+        return True
+
+    async def _verify_targets(self, playbook: Playbook, alert: AlertInfo, report: Report) -> None:
+        assert playbook.targets is not None and report.targets is not None
+        try:
+            now = await self.find_targets(playbook.targets, alert)
+        except (TargetsRefused, StepFailed) as e:
+            report.outcome, report.error = "failed", f"verify: {e}"
+            return
+        before = set(map(str, report.targets.ids))
+        still = [i for i in now.ids if str(i) in before]
+        report.verify = float(len(still))
+        if still:
+            shown = ", ".join(map(str, still[:10])) + (" ..." if len(still) > 10 else "")
+            report.outcome = "failed"
+            report.error = (f"verify: the rule still finds {len(still)} of the {len(before)} targets "
+                            f"({report.targets.subject}): {shown}")
 
     async def _steps(self, playbook: Playbook, variables: dict[str, Any], dry_run: bool,
                      records: list[StepRecord], run_id: int | None) -> tuple[str, str | None]:
         transactions = Transactions(self.connections, self.statement_timeout)
         ctx = RunContext(playbook=playbook.name, variables=variables, dry_run=dry_run, systems=self.systems,
                          connections=self.connections, transactions=transactions, log=log)
+        if TARGETS in variables:
+            ctx.outputs[TARGETS] = list(variables[TARGETS])
         settled = False
         try:
             for step in playbook.steps:

@@ -184,7 +184,8 @@ def make_app(setup: Setup, run_worker: bool = True) -> web.Application:
             log.warning("no webhook auth configured: anyone who can reach POST /alerts can trigger playbooks, "
                         "and GET /runs (the audit trail: alert labels, rendered parameters, command output) is open")
         if run_worker:
-            engine = Engine(setup.config.systems, connections, settings.statement_timeout)
+            engine = Engine(setup.config.systems, connections, settings.statement_timeout,
+                            setup.config.disks, setup.config.backups)
             state.worker = Worker(setup, journal, engine, state.metrics)
             state.worker.start()
         try:

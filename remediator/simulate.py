@@ -1,9 +1,9 @@
 """`taskmedic-remediator simulate`: what each alert would do, against the real databases.
 
-Every matched playbook is executed as a dry run — SQL in a transaction that is rolled back,
-Redis and files only counted, no process signalled, no command run, no request sent — so the
-real counts are shown and nothing changes. The journal is not used: cooldown and the circuit
-breaker depend on past runs and are only listed.
+Every matched playbook is executed as a dry run — its targets re-found and listed, SQL in a
+transaction that is rolled back, Redis and files only counted, no process signalled, no command
+run, no request sent — so the real counts are shown and nothing changes. The journal is not
+used: cooldown and the circuit breaker depend on past runs and are only listed.
 """
 
 from __future__ import annotations
@@ -48,14 +48,16 @@ def _guards(playbook: Playbook) -> list[str]:
 
 async def simulate(setup: Setup, alerts: list[AlertInfo]) -> list[dict[str, Any]]:
     connections = Connections("taskmedic-remediator-simulate", setup.settings.statement_timeout)
-    engine = Engine(setup.config.systems, connections, setup.settings.statement_timeout)
+    engine = Engine(setup.config.systems, connections, setup.settings.statement_timeout,
+                    setup.config.disks, setup.config.backups)
     results = []
     try:
         for alert in alerts:
             runs = []
             for playbook in matching(setup.playbooks, alert):
                 report: Report = await engine.execute(playbook, alert, dry_run=True)
-                runs.append({"playbook": playbook.name, "not_evaluated": _guards(playbook), **asdict(report)})
+                runs.append({"playbook": playbook.name, "not_evaluated": _guards(playbook), **asdict(report),
+                             "targets": report.targets_json()})
             results.append({"alertname": alert.labels.get("alertname", ""), "fingerprint": alert.fingerprint,
                             "status": alert.status, "labels": dict(alert.labels), "runs": runs})
     finally:
@@ -67,6 +69,14 @@ def _step_lines(step: dict[str, Any]) -> list[str]:
     line = f"    step {step['name']!r} ({step['type']}): {step['outcome']}, {step['rows']} rows"
     lines = [line + (f" — {step['error']}" if step["error"] else "")]
     lines += [f"      {key}: {json.dumps(value, default=str)}" for key, value in step["detail"].items()]
+    return lines
+
+
+def _target_lines(targets: dict[str, Any]) -> list[str]:
+    lines = [f"    targets ({targets['kind']}, {targets['subject']}): {targets['count']} rows"]
+    lines += [f"      {json.dumps(row, default=str)}" for row in targets["rows"]]
+    if targets["count"] > len(targets["rows"]):
+        lines.append(f"      ... and {targets['count'] - len(targets['rows'])} more")
     return lines
 
 
@@ -82,6 +92,8 @@ def format_text(results: list[dict[str, Any]]) -> str:
                          + (f" — {run['error']}" if run["error"] else ""))
             if run["precheck"] is not None:
                 lines.append(f"    precheck: {run['precheck']:g}")
+            if run["targets"] is not None:
+                lines += _target_lines(run["targets"])
             for step in run["steps"]:
                 lines += _step_lines(step)
             if run["not_evaluated"]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import AfterValidator
@@ -74,6 +74,17 @@ Template = Annotated[str, AfterValidator(check_template)]
 
 def is_templated(text: str) -> bool:
     return "{{" in text or "{%" in text
+
+
+@functools.lru_cache(maxsize=1024)
+def variables_read(text: str) -> frozenset[str]:
+    """The top-level variables a template reads anywhere in it (filters, conditions and all)."""
+    if not is_templated(text):
+        return frozenset()
+    try:
+        return frozenset(meta.find_undeclared_variables(_environment(_plain).parse(text)))
+    except TemplateError:
+        return frozenset()  # a syntax error is reported by the template's own validator
 
 
 def render(text: str, variables: Mapping[str, Any], escape: Escape | None = None) -> str:

@@ -63,9 +63,9 @@ def bench_history(tmp: Path, pg: PostgresServer, small: int, large: int) -> dict
 
 
 def live_only_median(tmp: Path, pg: PostgresServer, db: str, rounds: int = 50) -> float:
-    from exporter.collectors.tasks import build_live_query
     from exporter.config import ExporterConfig
     from taskmedic.config import load
+    from taskmedic.detection.sql import build_live_query
 
     path = tmp / "cfg.yml"
     path.write_text(cape_config(pg, db))

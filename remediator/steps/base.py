@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 import redis.asyncio as aioredis
 
-from remediator.templating import Escape, RenderError, render, render_all
+from remediator.templating import Escape, RenderError, render, render_all, variables_read
 from taskmedic.config.model import Model, System
 from taskmedic.connections import Connections
 
@@ -26,6 +27,21 @@ Row = dict[str, Any]  # one output row of a step: a query's columns, or the item
 
 def first_value(row: Row) -> Any:
     return next(iter(row.values()), None)
+
+
+class TargetRows(list[Row]):
+    """What templates see as `targets`: the rows the detection rule found, and `targets.ids`."""
+
+    @property
+    def ids(self) -> list[Any]:
+        return [row["id"] for row in self]
+
+
+_TARGET_IDS = re.compile(r"\{\{\s*targets\.ids\s*\}\}")
+
+
+def reads_targets(text: str) -> bool:
+    return "targets" in variables_read(text)
 
 
 class StepStopped(Exception):
@@ -122,6 +138,13 @@ class RunContext:
             return render(text, self.variables, escape)
         except RenderError as e:
             raise StepFailed(str(e)) from None
+
+    def render_param(self, text: str) -> str | list[Any]:
+        """A SQL parameter: `{{ targets.ids }}` alone is the array of ids itself (`id = any($1)`),
+        anything else a rendered string."""
+        if _TARGET_IDS.fullmatch(text.strip()) and isinstance(self.variables.get("targets"), TargetRows):
+            return list(self.variables["targets"].ids)
+        return self.render(text)
 
     def render_all(self, texts: list[str]) -> list[str]:
         try:

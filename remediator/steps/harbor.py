@@ -2,7 +2,7 @@
 pools what gocraft/work's dead pool reaper does; then wait for the queues to move.
 
 1. Judge, at action time, with the system's own rule (`tasks.stuck.<reason>`, a
-   `harbor_job_service` check) and the same code as the exporter (`taskmedic.harbor.dangling`):
+   `harbor_job_service` check) and the same code as the exporter (`taskmedic.detection.harbor`):
    the Running tasks whose job no live pool has in progress. Their rows are locked.
 2. In the run's transaction: those tasks end as `Error` (status_code 3), and each execution
    left with no live task ends as `Error` too.
@@ -29,9 +29,10 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
-from taskmedic import harbor
 from taskmedic.config.model import Duration, HarborJobService, Model, Name, StuckRule
 from taskmedic.connections import redis_now
+from taskmedic.detection import harbor
+from taskmedic.wire.gocraft import Keys, job_id
 
 ATTEMPTS = 5
 POLL = 0.2
@@ -84,7 +85,7 @@ def _rule(ctx: RunContext, spec: HarborSpec) -> tuple[StuckRule, HarborJobServic
     return rule, rule.harbor_job_service
 
 
-async def _plan_reap(pipe: Pipeline, keys: harbor.Keys, pools: harbor.Pools, drop: set[str],
+async def _plan_reap(pipe: Pipeline, keys: Keys, pools: harbor.Pools, drop: set[str],
                      dead_after: float) -> tuple[Reap, list[Any]]:
     """Read under WATCH what the reap changes; return what it does and the writes that do it."""
     reap = Reap()
@@ -102,7 +103,7 @@ async def _plan_reap(pipe: Pipeline, keys: harbor.Keys, pools: harbor.Pools, dro
         for t in types:
             source = keys.in_progress(t, pool.id)
             for item in reversed(await pipe.lrange(source, 0, -1)):  # gocraft: RPOPLPUSH, oldest first
-                jid = harbor.job_id(item) or ""
+                jid = job_id(item) or ""
                 (reap.dropped if jid in drop else reap.requeued).setdefault(t, []).append(jid)
                 if jid not in drop:
                     writes.append(("lpush", keys.jobs(t), item))
@@ -123,7 +124,7 @@ async def _plan_reap(pipe: Pipeline, keys: harbor.Keys, pools: harbor.Pools, dro
     return reap, writes
 
 
-async def reap_dead_pools(client: Any, keys: harbor.Keys, pools: harbor.Pools, drop: set[str],
+async def reap_dead_pools(client: Any, keys: Keys, pools: harbor.Pools, drop: set[str],
                           dead_after: float, dry_run: bool) -> Reap:
     async with client.pipeline(transaction=True) as pipe:
         for _ in range(ATTEMPTS):
@@ -142,7 +143,7 @@ async def reap_dead_pools(client: Any, keys: harbor.Keys, pools: harbor.Pools, d
     raise StepFailed(f"the job service's keys kept changing; gave up the reap after {ATTEMPTS} attempts")
 
 
-async def _blocked(client: Any, keys: harbor.Keys, oldest: dict[str, bytes], window: float) -> dict[str, str]:
+async def _blocked(client: Any, keys: Keys, oldest: dict[str, bytes], window: float) -> dict[str, str]:
     """Wait until the oldest queued job of each type has been picked up; what is still waiting."""
     deadline = time.monotonic() + window
     waiting = dict(oldest)
@@ -157,9 +158,9 @@ async def _blocked(client: Any, keys: harbor.Keys, oldest: dict[str, bytes], win
         await asyncio.sleep(POLL)
     out = {}
     for t, head in waiting.items():
-        lock, limit = await client.get(keys.lock(t)), await client.get(keys.jobs(t) + ":max_concurrency")
+        lock, limit = await client.get(keys.lock(t)), await client.get(keys.max_concurrency(t))
         holders = {harbor.text(k): harbor.text(v) for k, v in (await client.hgetall(keys.lock_info(t))).items()}
-        out[t] = (f"oldest queued job {harbor.job_id(head)} not picked up within {window:g}s "
+        out[t] = (f"oldest queued job {job_id(head)} not picked up within {window:g}s "
                   f"(lock {harbor.text(lock or b'0')}, max_concurrency {harbor.text(limit or b'0')}, "
                   f"lock_info {holders})")
     return out
@@ -171,7 +172,7 @@ class HarborStep(StepType[HarborSpec]):
 
     async def run(self, spec: HarborSpec, ctx: RunContext) -> StepResult:
         rule, service = _rule(ctx, spec)
-        keys = harbor.Keys(service.namespace)
+        keys = Keys(service.namespace)
         conn = await ctx.transactions.connection(spec.system, ctx.system(spec.system))
         client = ctx.redis(spec.system)
         try:
@@ -180,9 +181,8 @@ class HarborStep(StepType[HarborSpec]):
             raise StepFailed(f"redis: {type(e).__name__}: {e}") from None
 
     async def _run(self, spec: HarborSpec, ctx: RunContext, rule: StuckRule, service: HarborJobService,
-                   keys: harbor.Keys, conn: Any, client: Any) -> StepResult:
-        tasks, judgement = await harbor.dangling(conn, client, keys, rule.status, rule.min_age, service.dead_after,
-                                                 lock=True)
+                   keys: Keys, conn: Any, client: Any) -> StepResult:
+        tasks, judgement = await harbor.dangling(conn, client, rule, lock=True)
         executions = sorted({t.execution_id for t in tasks})
         detail: dict[str, Any] = {"system": spec.system, "executions": executions[:50],
                                   "jobs": sorted(t.job_id for t in tasks)[:50],

@@ -56,7 +56,9 @@ def as_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-async def _convert(conn: Any, position: int, typ: Any, value: str) -> Any:
+async def _convert(conn: Any, position: int, typ: Any, value: str | list[Any]) -> Any:
+    if not isinstance(value, str):  # `{{ targets.ids }}`: values read from the column itself
+        return value
     if typ.schema == "pg_catalog" and typ.name in _TEXT_TYPES:
         return value
     type_sql = await conn.fetchval("select format_type($1::oid, null)", typ.oid)
@@ -67,7 +69,7 @@ async def _convert(conn: Any, position: int, typ: Any, value: str) -> Any:
         raise StepFailed(f"parameter ${position} ({type_sql}): {e}") from None
 
 
-async def bind(conn: Any, statement: Any, values: list[str]) -> list[Any]:
+async def bind(conn: Any, statement: Any, values: list[Any]) -> list[Any]:
     """Convert rendered string values to the types PostgreSQL inferred for the statement."""
     types = statement.get_parameters()
     if len(types) != len(values):
@@ -75,7 +77,7 @@ async def bind(conn: Any, statement: Any, values: list[str]) -> list[Any]:
     return [await _convert(conn, i, t, v) for i, (t, v) in enumerate(zip(types, values, strict=True), start=1)]
 
 
-async def prepare(conn: Any, sql: str, values: list[str]) -> tuple[Any, list[Any]]:
+async def prepare(conn: Any, sql: str, values: list[Any]) -> tuple[Any, list[Any]]:
     """The prepared statement and its converted arguments, reusable for repeated runs (a batched
     step prepares and converts once, not once per batch)."""
     try:
@@ -96,7 +98,7 @@ async def run_prepared(statement: Any, args: list[Any]) -> tuple[list[Any], int]
     return list(rows), int(last) if last.isdigit() else len(rows)
 
 
-async def execute(conn: Any, sql: str, values: list[str]) -> tuple[list[Any], int]:
+async def execute(conn: Any, sql: str, values: list[Any]) -> tuple[list[Any], int]:
     """Run `sql` with bound values; returns the rows and the count PostgreSQL reports."""
     return await run_prepared(*await prepare(conn, sql, values))
 
@@ -116,7 +118,7 @@ class SqlStep(StepType[SqlSpec]):
     spec: ClassVar[type[Model]] = SqlSpec
 
     async def run(self, spec: SqlSpec, ctx: RunContext) -> StepResult:
-        values = ctx.render_all([as_text(p) for p in spec.params])
+        values = [ctx.render_param(as_text(p)) for p in spec.params]
         detail: dict[str, Any] = {"system": spec.system, "params": values}
         if spec.batch_size is not None:
             return await self._batched(spec, ctx, values, detail)
@@ -128,7 +130,7 @@ class SqlStep(StepType[SqlSpec]):
         returned = [dict(r) for r in rows] if spec.query is not None else None
         return StepResult(rows=count, detail=detail, rows_returned=returned)
 
-    async def _batched(self, spec: SqlSpec, ctx: RunContext, values: list[str],
+    async def _batched(self, spec: SqlSpec, ctx: RunContext, values: list[Any],
                        detail: dict[str, Any]) -> StepResult:
         """Repeat the statement, each batch in its own short transaction, until a batch comes up
         short. Batches already committed stay committed: batching gives up all-or-nothing. In a

@@ -193,6 +193,7 @@ class TaskTable(Model):
     table: TableName | None = None
     query: str | None = None  # a SELECT that yields the columns below (a view of the tasks)
     status_column: Identifier = "status"
+    id_column: Identifier = "id"  # what the remediator's targets are identified by (`targets.ids`)
     statuses: list[str] = Field(min_length=1)
     live: list[str] = Field(default_factory=list)  # not terminal: counted and aged every cycle
     age_columns: dict[str, Identifier] = Field(default_factory=dict)  # status → timestamp column

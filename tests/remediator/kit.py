@@ -157,6 +157,7 @@ async def execute(setup: Setup, labels: dict[str, str] | None = None, dry_run: b
     book = setup.playbook(playbook) if playbook else setup.playbooks[0]
     assert book is not None
     try:
-        return await Engine(setup.config.systems, connections, 10.0).execute(book, info, dry_run)
+        engine = Engine(setup.config.systems, connections, 10.0, setup.config.disks, setup.config.backups)
+        return await engine.execute(book, info, dry_run)
     finally:
         await connections.close()

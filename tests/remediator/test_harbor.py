@@ -9,12 +9,19 @@ import time
 import redis
 
 from tests.harbor_seed import P, seed_52_hour_shape, start_pool, wait_for_heartbeat
+from remediator.config import Setup, load_setup
 from tests.remediator.kit import Site, execute
-from tests.remediator.test_shipped_playbooks import shipped
-from tests.services import PostgresServer
+from tests.remediator.test_shipped_playbooks import SHIPPED
 
 PLAYBOOK = "harbor-settle-dangling-executions"
-LABELS = {"system": "harbor", "reason": "worker_gone"}
+LABELS = {"alertname": "TaskmedicStuckTasks", "system": "harbor", "reason": "worker_gone"}
+
+
+def shipped_harbor(site: Site, window: str = "60s") -> Setup:
+    """The shipped Harbor playbook, its `harbor` system (the harbor profile) on the test's database."""
+    book = (SHIPPED / f"{PLAYBOOK}.yml").read_text().replace("window: 60s", f"window: {window}")
+    systems = f"  harbor: {{profile: harbor, database: '{site.cape.dsn}', redis: '{site.redis_url}'}}\n"
+    return load_setup(str(site.write(book, systems=systems)))
 
 
 def done(r: redis.Redis) -> list[str]:
@@ -22,11 +29,11 @@ def done(r: redis.Redis) -> list[str]:
 
 
 async def test_dead_pool_holding_the_sweep_lock_is_reaped_and_the_queued_sweeps_run(
-        site: Site, pg: PostgresServer) -> None:
+        site: Site) -> None:
     r = redis.Redis.from_url(site.redis_url)
-    site.cape.load("harbor.sql")  # the `harbor` system points at this database in shipped()
+    site.cape.load("harbor.sql")  # the `harbor` system's database
     seed_52_hour_shape(site.cape.sql, r)
-    setup, _ = shipped(site, pg)
+    setup = shipped_harbor(site)
     pool = start_pool(site.redis_url)
     try:
         wait_for_heartbeat(r)
@@ -36,6 +43,8 @@ async def test_dead_pool_holding_the_sweep_lock_is_reaped_and_the_queued_sweeps_
         report = await execute(setup, LABELS, playbook=PLAYBOOK)
 
         assert report.outcome == "succeeded", report.error
+        assert report.targets is not None and [t["job_ids"] for t in report.targets.rows] == [["sweep-0"]]
+        assert report.verify == 0  # `verify: targets`: the rule no longer finds execution 1
         step = report.steps[0].detail
         assert (step["executions"], step["jobs"], step["dead_pools"]) == ([1], ["sweep-0"], ["dead-pool"])
         assert (step["dropped"], step["requeued"]) == ({"EXECUTION_SWEEP": ["sweep-0"]}, {})
@@ -63,18 +72,18 @@ async def test_dead_pool_holding_the_sweep_lock_is_reaped_and_the_queued_sweeps_
     assert r.hkeys(P + "job_track:inprogress") == [b"rep-1"]
 
     again = await execute(setup, LABELS, playbook=PLAYBOOK)
-    assert (again.outcome, again.steps[0].rows, again.steps[0].detail["dead_pools"]) == ("succeeded", 0, [])
+    assert again.outcome == "skipped" and again.steps == []  # the rule finds nothing left
 
 
 async def test_reap_without_a_live_pool_to_take_the_sweeps_fails_and_settles_nothing(
-        site: Site, pg: PostgresServer) -> None:
+        site: Site) -> None:
     r = redis.Redis.from_url(site.redis_url)
     site.cape.load("harbor.sql")
     seed_52_hour_shape(site.cape.sql, r)
     r.hset(P + "worker_pools:live-pool", mapping={"heartbeat_at": int(time.time()) + 600,  # alive, never fetches
                                                   "job_names": "REPLICATION"})
     r.sadd(P + "worker_pools", "live-pool")
-    setup, _ = shipped(site, pg, lambda text: text.replace("window: 60s", "window: 2s"))
+    setup = shipped_harbor(site, window="2s")
     report = await execute(setup, LABELS, playbook=PLAYBOOK)
     assert report.outcome == "failed"
     assert "did not move" in (report.error or "") and "sweep-1" in (report.error or "")
@@ -83,13 +92,13 @@ async def test_reap_without_a_live_pool_to_take_the_sweeps_fails_and_settles_not
     assert site.cape.sql("select status from execution where id = 5") == "Running"
 
 
-async def test_dry_run_judges_and_changes_nothing(site: Site, pg: PostgresServer) -> None:
+async def test_dry_run_judges_and_changes_nothing(site: Site) -> None:
     r = redis.Redis.from_url(site.redis_url)
     site.cape.load("harbor.sql")
     seed_52_hour_shape(site.cape.sql, r)
     r.hset(P + "worker_pools:live-pool", mapping={"heartbeat_at": int(time.time()) + 600,
                                                   "job_names": "EXECUTION_SWEEP,REPLICATION"})
-    setup, _ = shipped(site, pg)
+    setup = shipped_harbor(site)
     report = await execute(setup, LABELS, dry_run=True, playbook=PLAYBOOK)
     assert report.outcome == "dry_run", report.error
     assert (report.steps[0].rows, report.steps[0].detail["locks_released"]) == (1, {"EXECUTION_SWEEP": 1})

@@ -1,7 +1,7 @@
 """Harbor's job service, judged the way gocraft/work judges itself (sources: docs/harbor.md).
 
-One definition, used by the exporter to count `worker_gone` and by the remediator's `harbor`
-step to pick what it settles and reaps:
+One definition, used by the exporter to count `worker_gone`, by `targets: stuck` and by the
+remediator's `harbor` step to pick what it settles and reaps:
 
 - a worker pool is alive while the `heartbeat_at` of its `worker_pools:<id>` hash is younger than
   `dead_after` (gocraft's `deadTime`, 10 s = two heartbeats); a pool whose hash is gone is dead;
@@ -14,12 +14,13 @@ Age plays no part: a 13-hour replication on a pool that heartbeats is alive.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskmedic.config.model import StuckRule
 from taskmedic.connections import redis_now
+from taskmedic.wire.gocraft import Keys, job_id
 
 DEAD_AFTER = 10.0  # gocraft dead_pool_reaper.go: deadTime = 2 x beatPeriod (heartbeater.go, 5 s)
 FINAL_STATUSES = frozenset({"Success", "Error", "Stopped"})  # Harbor job.Status with code 3
@@ -28,59 +29,6 @@ ERROR_CODE = 3  # Harbor's status_code for a final status (jobservice/job/status
 
 def text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-@dataclass(frozen=True)
-class Keys:
-    """gocraft/work's key names (redis.go), as Harbor's jobservice/common/rds/keys.go spells them."""
-
-    namespace: str
-
-    @property
-    def prefix(self) -> str:
-        return self.namespace if self.namespace.endswith(":") else self.namespace + ":"
-
-    @property
-    def worker_pools(self) -> str:
-        return self.prefix + "worker_pools"
-
-    @property
-    def known_jobs(self) -> str:
-        return self.prefix + "known_jobs"
-
-    @property
-    def job_track(self) -> str:
-        return self.prefix + "job_track:inprogress"
-
-    def heartbeat(self, pool: str) -> str:
-        return f"{self.prefix}worker_pools:{pool}"
-
-    def jobs(self, job_type: str) -> str:
-        return f"{self.prefix}jobs:{job_type}"
-
-    def in_progress(self, job_type: str, pool: str) -> str:
-        return f"{self.jobs(job_type)}:{pool}:inprogress"
-
-    def lock(self, job_type: str) -> str:
-        return self.jobs(job_type) + ":lock"
-
-    def lock_info(self, job_type: str) -> str:
-        return self.jobs(job_type) + ":lock_info"
-
-    def paused(self, job_type: str) -> str:
-        return self.jobs(job_type) + ":paused"
-
-    def job_stats(self, job_id: str) -> str:
-        return f"{self.prefix}job_stats:{job_id}"
-
-
-def job_id(raw: bytes | str | None) -> str | None:
-    """The `id` of a gocraft job entry (JSON), None when unreadable."""
-    try:
-        value = json.loads(raw or b"")
-    except ValueError:
-        return None
-    return str(value["id"]) if isinstance(value, dict) and value.get("id") else None
 
 
 @dataclass(frozen=True)
@@ -209,10 +157,29 @@ async def running_tasks(conn: Any, status: str, min_age: float, limit: int, lock
     return [RunningTask(r["execution_id"], r["vendor_type"], r["task_id"], r["job_id"]) for r in rows]
 
 
-async def dangling(conn: Any, client: Any, keys: Keys, status: str = "Running", min_age: float = 0.0,
-                   dead_after: float = DEAD_AFTER, limit: int = 10_000,
+def rule_keys(rule: StuckRule) -> Keys:
+    assert rule.harbor_job_service is not None
+    return Keys(rule.harbor_job_service.namespace)
+
+
+async def dangling(conn: Any, client: Any, rule: StuckRule, limit: int = 10_000,
                    lock: bool = False) -> tuple[list[RunningTask], Judgement]:
-    """The Running tasks whose job no live pool has in progress (and that did not end)."""
-    tasks = await running_tasks(conn, status, min_age, limit, lock)
-    judgement = await judge_jobs(client, keys, (t.job_id for t in tasks), dead_after)
+    """The tasks a `harbor_job_service` rule judges stuck: Running, of an execution in the rule's
+    status older than its `min_age`, whose job no live pool has in progress and that did not end."""
+    assert rule.harbor_job_service is not None
+    tasks = await running_tasks(conn, rule.status, rule.min_age, limit, lock)
+    judgement = await judge_jobs(client, rule_keys(rule), (t.job_id for t in tasks),
+                                 rule.harbor_job_service.dead_after)
     return [t for t in tasks if t.job_id in judgement.lost], judgement
+
+
+async def stuck_executions(conn: Any, client: Any, rule: StuckRule, limit: int) -> list[dict[str, Any]]:
+    """`targets: stuck` for a harbor rule: one row per dangling execution (`id`), oldest first,
+    with its lost jobs."""
+    tasks, _ = await dangling(conn, client, rule)
+    rows: dict[int, dict[str, Any]] = {}
+    for t in tasks:
+        row = rows.setdefault(t.execution_id, {"id": t.execution_id, "status": rule.status,
+                                               "vendor_type": t.vendor_type, "job_ids": []})
+        row["job_ids"].append(t.job_id)
+    return list(rows.values())[:limit]
