@@ -27,7 +27,7 @@ import psutil
 import redis
 
 from taskmedic.archive import check_file
-from tests import bench_remediator
+from tests import bench_harbor, bench_remediator
 from tests.exporter.helpers import collect
 from tests.services import PostgresServer, RedisServer, free_port, running, tempdir, wait_http
 
@@ -274,6 +274,8 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
         z = results["zip"]
         lines.append(f"| validity of a {z['size_gb']:.1f} GB zip | **{z['check_ms']:.2f} ms**, peak "
                      f"{z['peak_kb']:.0f} KB Python memory; `unzip -t` {z['unzip_t_s']:.1f} s | < 10 ms, < 1 MB |")
+    if "harbor" in results:
+        lines.append(bench_harbor.report_line(results["harbor"]))
     lines.append(f"| exporter RSS at rest (CAPE + Celery + disk) | **{results['rss']['at_rest_mb']:.1f} MB**; "
                  f"serving the scrape benchmark {s['taskmedic_rss_mb']:.1f} MB | < 60 MB |")
     remediator = bench_remediator.report_lines(results["remediator"]) if "remediator" in results else []
@@ -287,6 +289,12 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
               "equivalent queries, each hit by two aiohttp clients at 10 requests/s. taskmedic renders a cached "
               "snapshot; query-exporter runs its queries on each scrape.",
               "- Redis: the `list` queue collector over 1,000 lists, `run_once` duration (includes connecting).",
+              "- Harbor kill → detect: two gocraft-style pools (tests/workers/gocraft_pool.py) each run a "
+              "13 h REPLICATION; the real exporter (harbor profile, 1 s interval) is scraped every 100 ms from "
+              "the SIGKILL of one pool until `worker_gone` rises, then for 10 s more to catch a count for the "
+              "live twin; the kill falls at a random point of the 5 s heartbeat cycle. A pool is dead 10 s after "
+              "its last heartbeat (gocraft's deadTime), which was 0-5 s before the kill: detection is expected "
+              "5-11 s after it, plus up to one collection interval.",
               "- Zip: a ZIP64 archive of random data written by Python's zipfile, checked by `taskmedic.archive`"
               " (tail read only) with tracemalloc measuring peak allocation, versus `unzip -tqq`.",
               *remediator[len(rows):], ""]
@@ -322,6 +330,9 @@ def main() -> None:
         print(results["scrape"], "\nredis ...", flush=True)
         results["redis"] = bench_redis(tmp, rs)
         results["rss"] = {"at_rest_mb": bench_rss_at_rest(tmp, pg, rs)}
+        print("harbor kill → detect ...", flush=True)
+        results["harbor"] = bench_harbor.measure(tmp, pg, rs)
+        print(results["harbor"], flush=True)
         print(results["redis"], results["rss"], flush=True)
         if not args.skip_zip:
             print("zip ...", flush=True)
