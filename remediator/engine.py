@@ -38,7 +38,7 @@ from taskmedic.detection import TARGET_KINDS, Inventory, Targets, TargetsRefused
 log = logging.getLogger("taskmedic.remediator.run")
 
 TARGET_LIMIT = 10_000  # rows re-found at most; more is refused as "too many", never cut short
-SHOWN_TARGETS = 50  # rows kept in the journal and shown by simulate
+SHOWN_TARGETS = 50  # rows shown by simulate (the sql step journals the ids it bound)
 # The key of each step type's own blast-radius limit, compared with the number of targets.
 STEP_LIMITS = {"sql": "max_rows", "redis": "max_items", "files": "max_entries"}
 
@@ -72,11 +72,7 @@ class Report:
                 "rows": t.rows[:SHOWN_TARGETS]}
 
     def steps_json(self) -> list[dict[str, Any]]:
-        """The steps as journaled; the targets acted on come first, as a pseudo-step `targets`."""
-        found = self.targets_json()
-        head = [asdict(StepRecord(TARGETS, TARGETS, "ok", len(self.targets.rows), detail=found))] \
-            if found is not None and self.targets is not None else []
-        return head + [asdict(s) for s in self.steps]
+        return [asdict(s) for s in self.steps]
 
 
 def _number(value: Any) -> float:

@@ -237,6 +237,10 @@ systems:
     profile: scanner
     database: {dsn("scanner")}
     interval: 1s
+    tasks:
+      stuck:
+        process_gone:
+          process_match: scan-engine   # what the demo's engines have in their argv
   celery:
     profile: celery
     redis: {self.rs.url(1)}

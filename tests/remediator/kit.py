@@ -13,19 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pydantic import ValidationError
 
-from remediator.config import Setup, load_setup
+from remediator.config import Check, Playbook, Setup, load_setup
 from remediator.engine import Engine, Report
+from remediator.labels import alert_variables, templates
 from remediator.webhook import Alert
+from taskmedic.config.loader import format_path
 from taskmedic.connections import Connections
 from tests.conftest import Database
+from tests.services import PostgresServer
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
-# The conformance playbook's shape: stale pending CAPE tasks → failed_analysis.
+# The conformance playbook's shape: the stale pending CAPE tasks the exporter's rule finds → failed_analysis.
 FAIL_STALE = """
 name: cape-fail-stale-pending
 match:
@@ -33,16 +38,33 @@ match:
   system: cape
   reason: pending_too_long
 on: firing
+targets: stuck
 steps:
   - name: fail stale pending tasks
     sql:
       system: cape
-      statement: >-
-        update tasks set status = 'failed_analysis'
-        where status = 'pending' and added_on < localtimestamp - $1::interval
-      params: ["{{ labels.older_than | default('1 hour') }}"]
+      statement: "update tasks set status = 'failed_analysis' where id = any($1) and status = 'pending'"
+      params: ["{{ targets.ids }}"]
       max_rows: 100
+verify: targets
 """
+
+
+def trusting_labels(playbook: str) -> str:
+    """The playbook opting in (`label_text`) for every key where it reads a label. For tests of a
+    step's own handling of hostile values (escaping, binding, refusal) — defence in depth behind
+    `check`, which refuses these playbooks as shipped."""
+    try:
+        book = Playbook.model_validate(yaml.safe_load(playbook))
+    except ValidationError:
+        return playbook  # invalid anyway: the test is about that error
+    places = [t for i, step in enumerate(book.steps) for t in templates(step.spec, ("steps", i, step.kind))]
+    for name in ("precheck", "verify"):
+        check = getattr(book, name)
+        if isinstance(check, Check):
+            places += templates(check, (name,))
+    keys = [format_path(path) for path, text in places if alert_variables(text)]
+    return playbook + (f"label_text: {json.dumps(keys)}\n" if keys else "")
 
 
 def seed_cape(db: Database, stale: int = 5, fresh: int = 2, reported: int = 0) -> None:
@@ -88,7 +110,9 @@ class Site:
     redis_url: str
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def write(self, *playbooks: str, systems: str = "", **settings: Any) -> Path:
+    def write(self, *playbooks: str, systems: str = "", sections: str = "", **settings: Any) -> Path:
+        """Config and playbook files; `systems` adds entries under systems:, `sections` top-level
+        sections (disks:, backups:)."""
         book_dir = self.tmp / "playbooks"
         book_dir.mkdir(exist_ok=True)
         for old in book_dir.glob("*.yml"):
@@ -99,7 +123,7 @@ class Site:
                       "lease": 3, "poll_interval": 0.1, "workers": 2, "shutdown_grace": 5, **settings}
         config = (f"systems:\n  cape:\n    profile: cape\n    database: {self.cape.dsn}\n"
                   f"  jobs:\n    profile: celery\n    redis: {self.redis_url}\n"
-                  + systems
+                  + systems + sections
                   + "remediator: " + json.dumps(remediator) + "\n")
         path = self.tmp / "taskmedic.yml"
         path.write_text(config)
@@ -161,3 +185,24 @@ async def execute(setup: Setup, labels: dict[str, str] | None = None, dry_run: b
         return await engine.execute(book, info, dry_run)
     finally:
         await connections.close()
+
+
+SHIPPED = Path(__file__).parents[2] / "rules" / "playbooks"
+
+
+ENGINE = "scan-engine"  # what the scanner system's process_gone rule recognises as its engine
+
+
+def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str,
+            engine: str = ENGINE, sections: str = "") -> tuple[Setup, Database]:
+    """The shipped playbooks (each through `edit`) with a config naming one system per built-in
+    profile, by its name (the demo's and the README's convention)."""
+    timesketch = Database(pg, pg.create_database("timesketch"))
+    systems = (f"  timesketch: {{profile: timesketch, database: '{timesketch.dsn}'}}\n"
+               f"  harbor: {{profile: harbor, database: '{site.cape.dsn}', redis: '{site.redis_url}'}}\n"
+               f"  scanner: {{profile: scanner, database: '{site.cape.dsn}',\n"
+               f"            tasks: {{stuck: {{process_gone: {{process_match: '{engine}'}}}}}}}}\n"
+               f"  celery: {{profile: celery, redis: '{site.redis_url}'}}\n"
+               f"  rq: {{profile: rq, redis: '{site.redis_url}'}}\n")
+    books = [edit(book.read_text()) for book in sorted(SHIPPED.glob("*.yml"))]
+    return load_setup(str(site.write(*books, systems=systems, sections=sections))), timesketch

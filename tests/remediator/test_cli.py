@@ -4,6 +4,7 @@ name the file, line and key, and a simulation that shows real counts and changes
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_unknown_systems_and_duplicate_names_are_caught_across_files(site: Site)
     first, second = site.tmp / "playbooks" / "p0.yml", site.tmp / "playbooks" / "p1.yml"
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
-        f"error: {second}:11: steps[0].sql.system: unknown system 'capee'; did you mean 'cape'?",
+        f"error: {second}:12: steps[0].sql.system: unknown system 'capee'; did you mean 'cape'?",
         f"error: {second}:2: name: playbook 'cape-fail-stale-pending' is also defined in {first}"]
 
 
@@ -94,12 +95,15 @@ def test_simulate_shows_matches_and_real_counts_without_changing_anything(site: 
     alerts.write_text(json.dumps(payload(alert("f1"), alert("f2", alertname="SomethingElse"))))
     done = remediator("simulate", "--config", str(path), str(alerts))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [
+    AGE = "AGE"
+    assert re.sub(r'"age_seconds": [0-9.]+', '"age_seconds": AGE', done.stdout).splitlines() == [
         "alert 1/2: TaskmedicStuckTasks (firing, fingerprint f1)",
         "  playbook cape-fail-stale-pending: dry_run",
+        "    targets (stuck, cape/pending_too_long): 5 rows",
+        *(f'      {{"id": {i}, "status": "pending", "age_seconds": {AGE}}}' for i in range(1, 6)),
         "    step 'fail stale pending tasks' (sql): dry_run, 5 rows",
         '      system: "cape"',
-        '      params: ["1 hour"]',
+        '      params: [[1, 2, 3, 4, 5]]',
         "      rows: 5",
         "alert 2/2: SomethingElse (firing, fingerprint f2)",
         "  no playbook matches"]

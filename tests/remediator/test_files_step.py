@@ -9,12 +9,12 @@ import pytest
 
 from exporter.collectors.disk import DiskCollector
 from taskmedic.config.model import Disk
-from tests.remediator.kit import Site, execute, seed_cape
+from tests.remediator.kit import Site, execute, seed_cape, trusting_labels
 
 
 def book(files: str, before: str = "") -> str:
-    return ("name: t\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n" + before
-            + f"  - name: free disk\n    files: {{{files}}}\n")
+    return trusting_labels("name: t\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n" + before
+                           + f"  - name: free disk\n    files: {{{files}}}\n")
 
 
 def analyses(root: Path, ids: range, age_days: float = 10) -> None:

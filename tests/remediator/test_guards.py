@@ -37,7 +37,7 @@ async def test_global_dry_run_changes_nothing_and_reports_the_real_count(site: S
     await post(client, payload())
     [run] = await settled(site)
     assert (run["outcome"], run["dry_run"], run["steps"][0]["rows"]) == ("dry_run", True, 5)
-    assert run["steps"][0]["detail"]["params"] == ["1 hour"]
+    assert run["steps"][0]["detail"]["params"] == [[1, 2, 3, 4, 5]]  # the ids the rule found, bound as an array
     assert count(site.cape, STALE) == 5
 
 
@@ -50,14 +50,14 @@ async def test_a_playbook_can_be_dry_run_on_its_own(site: Site, start: StartApp)
     assert count(site.cape, STALE) == 5
 
 
-async def test_more_rows_than_max_rows_is_refused_and_rolled_back(site: Site, start: StartApp) -> None:
+async def test_more_targets_than_max_rows_is_refused_before_any_write(site: Site, start: StartApp) -> None:
     seed_cape(site.cape, stale=150)
     client = await start(site.setup(FAIL_STALE))
     await post(client, payload())
     [run] = await settled(site)
-    assert run["outcome"] == "refused"
-    assert run["error"] == ("step 'fail stale pending tasks': 150 rows would be affected, more than max_rows 100; "
-                            "rolled back")
+    assert (run["outcome"], run["steps"]) == ("refused", [])
+    assert run["error"] == ("targets: 150 targets (cape/pending_too_long), more than step 'fail stale pending tasks' "
+                            "may touch (max_rows 100); nothing was changed")
     assert count(site.cape, STALE) == 150
 
 
@@ -69,13 +69,16 @@ async def test_cooldown_suppresses_a_new_occurrence_of_the_same_alert(site: Site
     await post(client, payload(alert("f1", "2026-11-22T10:05:00Z"), alert("f2", "2026-11-22T10:05:00Z")))
     runs = await settled(site, 3)
     assert [(r["fingerprint"], r["outcome"]) for r in runs] == [
-        ("f1", "succeeded"), ("f1", "suppressed"), ("f2", "succeeded")]
+        ("f1", "succeeded"), ("f1", "suppressed"), ("f2", "skipped")]  # f2: the rule finds nothing left
     assert runs[1]["error"].startswith("cooldown: this alert was acted on less than 600s ago")
 
 
 async def test_circuit_breaker_suppresses_and_opens_the_circuit_gauge(site: Site, start: StartApp) -> None:
     seed_cape(site.cape)
-    client = await start(site.setup(with_keys("max_runs_per_hour: 2\n")))
+    # Each run fails only the oldest target, so every run has something to act on.
+    one_at_a_time = FAIL_STALE.replace("verify: targets\n", "").replace(
+        "where id = any($1) and status = 'pending'", "where id = (select min(i) from unnest($1::integer[]) as i)")
+    client = await start(site.setup(with_keys("max_runs_per_hour: 2\n", one_at_a_time)))
     assert 'taskmedic_playbook_circuit_open{playbook="cape-fail-stale-pending"} 0.0' in await metrics_text(client)
     await post(client, payload(*(alert(f"f{i}") for i in range(3))))
     runs = await settled(site, 3)

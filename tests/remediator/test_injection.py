@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from tests.remediator.kit import Site, StartApp, alert, count, payload, post, seed_cape, settled
+from tests.remediator.kit import Site, StartApp, alert, count, payload, post, seed_cape, settled, trusting_labels
 
 HOSTILE = {
     "older_than": "1 hour'; drop table tasks; --",
@@ -21,7 +21,7 @@ HOSTILE = {
 
 def playbooks(site: Site, api: str) -> list[str]:
     head = "match: {alertname: Hostile}\nsteps:\n  - name: act\n"
-    return [
+    return [trusting_labels(book) for book in (
         "name: sql-interval\n" + head + "    sql: {system: cape, statement: \"update tasks set status = "
         "'failed_analysis' where status = 'pending' and added_on < localtimestamp - $1::interval\", "
         "params: ['{{ labels.older_than }}']}\n",
@@ -32,7 +32,7 @@ def playbooks(site: Site, api: str) -> list[str]:
         f"name: http\n{head}    http: {{url: '{api}/apiv2/tasks/delete/{{{{ labels.task_id }}}}/pending/'}}\n",
         "name: redis\n" + head
         + "    redis: {system: jobs, delete: {pattern: 'celery-task-meta-{{ labels.task_id }}'}}\n",
-    ]
+    )]
 
 
 async def test_hostile_labels_change_nothing_beyond_a_failed_or_refused_run(

@@ -20,7 +20,7 @@ async def test_the_audit_trail_lists_and_filters_runs(site: Site, start: StartAp
     client = await start(site.setup(FAIL_STALE))
     await post(client, payload(alert("f1")))
     await settled(site)
-    site.cape.sql("update tasks set status = 'reported' where id > 5")
+    site.cape.sql("update tasks set status = 'reported' where id > 5")  # now 5: few enough to act on
     await post(client, payload(alert("f2")))
     await settled(site, 2)
 
@@ -30,7 +30,7 @@ async def test_the_audit_trail_lists_and_filters_runs(site: Site, start: StartAp
     status, body = await get(client, "/runs?outcome=refused&playbook=cape-fail-stale-pending&limit=5")
     [refused] = body["runs"]
     assert (refused["fingerprint"], refused["labels"]["reason"]) == ("f1", "pending_too_long")
-    assert refused["steps"][0]["error"].startswith("150 rows would be affected")
+    assert refused["error"].startswith("targets: 150 targets (cape/pending_too_long), more than step")
     assert await get(client, f"/runs/{refused['id']}") == (200, refused)
     assert (await get(client, "/runs/999999"))[0] == 404
     assert (await get(client, "/runs/abc"))[0] == 400

@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 from taskmedic.config.loader import ConfigError
-from tests.remediator.kit import Site, execute
+from tests.remediator.kit import Site, execute, trusting_labels
 
 
 def book(step: str) -> str:
-    return f"name: t\nmatch: {{alertname: TaskmedicStuckTasks}}\nsteps:\n  - name: act\n    {step}\n"
+    return trusting_labels(f"name: t\nmatch: {{alertname: TaskmedicStuckTasks}}\nsteps:\n  - name: act\n    {step}\n")
 
 
 @pytest.fixture

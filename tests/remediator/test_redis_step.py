@@ -6,12 +6,12 @@ import json
 
 import redis
 
-from tests.remediator.kit import Site, execute
+from tests.remediator.kit import Site, execute, trusting_labels
 
 
 def book(operation: str, max_items: int = 1000) -> str:
-    return ("name: t\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n  - name: queue surgery\n"
-            f"    redis: {{system: jobs, max_items: {max_items}, {operation}}}\n")
+    return trusting_labels("name: t\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n  - name: queue surgery\n"
+                           f"    redis: {{system: jobs, max_items: {max_items}, {operation}}}\n")
 
 
 def celery_queue(url: str, ids: list[str]) -> redis.Redis:

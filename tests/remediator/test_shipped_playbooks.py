@@ -6,28 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
-from pathlib import Path
 
-from remediator.config import Setup, load_setup
-from tests.conftest import Database
-from tests.remediator.kit import Site, count, execute, seed_cape
+from remediator.config import load_setup
+from tests.remediator.kit import SHIPPED, Site, count, execute, seed_cape, shipped
 from tests.services import PostgresServer
-
-SHIPPED = Path(__file__).parents[2] / "rules" / "playbooks"
-
-
-def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str) -> tuple[Setup, Database]:
-    """The shipped playbooks (each through `edit`) with a config naming one system per built-in
-    profile, by its name (the demo's and the README's convention)."""
-    timesketch = Database(pg, pg.create_database("timesketch"))
-    systems = (f"  timesketch: {{profile: timesketch, database: '{timesketch.dsn}'}}\n"
-               f"  harbor: {{profile: harbor, database: '{site.cape.dsn}', redis: '{site.redis_url}'}}\n"
-               f"  scanner: {{profile: scanner, database: '{site.cape.dsn}'}}\n"
-               f"  celery: {{profile: celery, redis: '{site.redis_url}'}}\n"
-               f"  rq: {{profile: rq, redis: '{site.redis_url}'}}\n")
-    books = [edit(book.read_text()) for book in sorted(SHIPPED.glob("*.yml"))]
-    return load_setup(str(site.write(*books, systems=systems))), timesketch
 
 
 def test_every_shipped_playbook_is_valid(site: Site, pg: PostgresServer) -> None:
@@ -39,7 +21,8 @@ async def test_cape_playbook_fails_stale_pending_and_leaves_fresh_ones(site: Sit
     seed_cape(site.cape)
     setup, _ = shipped(site, pg)
     report = await execute(setup, playbook="cape-fail-stale-pending")
-    assert (report.outcome, report.precheck, report.verify) == ("succeeded", 5, 0)
+    assert (report.outcome, report.verify) == ("succeeded", 0), report.error
+    assert report.targets is not None and len(report.targets.ids) == 5
     assert count(site.cape, "status = 'failed_analysis' and completed_on is not null") == 5
     assert count(site.cape, "status = 'pending'") == 2
     again = await execute(setup, playbook="cape-fail-stale-pending")
@@ -90,7 +73,8 @@ async def test_scanner_playbook_terminates_only_tasks_whose_engine_is_gone(site:
         report = await execute(setup, {"system": "scanner", "reason": "process_gone"},
                                playbook="scanner-terminate-zombies")
         assert report.outcome == "succeeded", report.error
-        assert [s.rows for s in report.steps] == [3, 2, 2]
+        assert report.targets is not None and [r["engine_pid"] for r in report.targets.rows] == [dead.pid, reused.pid]
+        assert [s.rows for s in report.steps] == [2]
         assert scanner.sql("select target, state from scan_tasks order by id").splitlines() == \
             ["zombie|Terminated", "alive|Running", "young|Running", "reused|Terminated"]
         assert alive.poll() is None and reused.poll() is None  # nothing was killed
@@ -104,7 +88,7 @@ async def test_scanner_playbook_is_refused_when_no_engine_is_visible(site: Site,
     look like a zombie, so nothing is judged and nothing changes. (The engine's name is made
     unique to this test, so engines of a demo running on the same machine stay out of it.)"""
     engine = f"scan-engine-{uuid.uuid4().hex}"
-    setup, _ = shipped(site, pg, lambda text: text.replace('match: "scan-engine"', f'match: "{engine}"'))
+    setup, _ = shipped(site, pg, engine=engine)
     scanner = site.cape
     scanner.load("scanner.sql")
     elsewhere = scan_engine("not-an-engine")  # processes are visible, just no engine among them
@@ -114,12 +98,9 @@ async def test_scanner_playbook_is_refused_when_no_engine_is_visible(site: Site,
                           ('b', 'Running', 4000000, now() - interval '1 hour')""")
         report = await execute(setup, {"system": "scanner", "reason": "process_gone"},
                                playbook="scanner-terminate-zombies")
-        assert report.outcome == "refused"
-        assert report.error == (f"step 'engines gone': cannot see any process matching '{engine}', so every row "
-                                "would look gone; run the remediator where it shares the scanner's process namespace "
-                                "(or correct `match`)")
-        assert [(s.name, s.rows) for s in report.steps] == [("running tasks", 2), ("engines gone", 0)]
-        assert report.steps[1].detail["visible"] == 0
+        assert (report.outcome, report.steps) == ("refused", [])
+        assert report.error == (f"targets: scanner/process_gone: no process matching '{engine}' is visible from here, "
+                                "so every task would look gone; run where the engines' PIDs are visible")
         assert scanner.sql("select target, state from scan_tasks order by id").splitlines() == \
             ["a|Running", "b|Running"]
     finally:
@@ -184,9 +165,10 @@ async def test_sysreptor_playbook_quarantines_only_the_truncated_backup(site: Si
     text = (SHIPPED / "sysreptor-quarantine-broken-backup.yml").read_text()
     text = text.replace("/srv/backups", str(root)).replace("dry_run: true", "dry_run: false").replace(
         '"/usr/local/bin/sysreptor-backup"', '"/bin/touch"').replace(f'"{root}"]', f'"{root}/new.zip"]')
-    setup = load_setup(str(site.write(text)))
+    setup = load_setup(str(site.write(text, sections=f"backups:\n  sysreptor: {{path: '{root}', pattern: '*.zip'}}\n")))
     report = await execute(setup, {"alertname": "TaskmedicBackupInvalid", "backup": "sysreptor"})
     assert report.outcome == "succeeded", report.error
+    assert report.targets is not None and report.targets.ids == ["broken.zip"]  # re-checked, as the exporter does
     assert sorted(p.name for p in root.iterdir() if p.is_file()) == ["good.zip", "new.zip", "writing.zip"]
     assert [p.name.split(".zip")[0] for p in (root / "quarantine").iterdir()] == ["broken"]
 
@@ -198,10 +180,11 @@ async def test_cape_free_disk_dry_run_lists_only_finished_tasks_analyses(site: S
     for task_id in site.cape.sql("select id from tasks order by id").splitlines():
         (analyses / task_id).mkdir(parents=True)
         (analyses / task_id / "report.json").write_text("{}")
-    text = (SHIPPED / "cape-free-disk.yml").read_text().replace("/opt/CAPEv2/storage/analyses", str(analyses))
+    storage = analyses.parent
+    text = (SHIPPED / "cape-free-disk.yml").read_text().replace("/opt/CAPEv2/storage", str(storage))
     text = text.replace("free_ratio: 0.25", "free_ratio: 0.999")  # this test's disk is never that empty
-    setup = load_setup(str(site.write(text)))
-    report = await execute(setup, {"alertname": "TaskmedicDiskSpaceLow", "path": "/opt/CAPEv2/storage"})
+    setup = load_setup(str(site.write(text, sections=f"disks:\n  - path: '{storage}'\n")))
+    report = await execute(setup, {"alertname": "TaskmedicDiskSpaceLow", "path": str(storage)})
     assert report.outcome == "dry_run", report.error
     finished = site.cape.sql("select id from tasks where status = 'reported' order by id").splitlines()
     assert sorted(report.steps[1].detail["entries"]) == sorted(finished)

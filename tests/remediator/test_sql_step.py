@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from tests.remediator.kit import Site, count, execute, seed_cape
+from tests.remediator.kit import Site, count, execute, seed_cape, trusting_labels
 
 STALE = "status = 'pending' and added_on < localtimestamp - interval '1 hour'"
 
 
 def book(*steps: str, extra: str = "") -> str:
-    return "name: t\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n" + "".join(steps) + extra
+    return trusting_labels("name: t\nmatch: {alertname: TaskmedicStuckTasks}\nsteps:\n" + "".join(steps) + extra)
 
 
 def sql_step(name: str, body: str) -> str:

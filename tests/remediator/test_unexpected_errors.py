@@ -12,11 +12,24 @@ import pytest
 from aiohttp import web
 
 from remediator.server import STATE
-from tests.remediator.kit import FAIL_STALE, Client, Site, StartApp, alert, count, fetch, payload, post, seed_cape
+from tests.remediator.kit import (
+    FAIL_STALE,
+    Client,
+    Site,
+    StartApp,
+    alert,
+    count,
+    fetch,
+    payload,
+    post,
+    seed_cape,
+    trusting_labels,
+)
 
 
 def book(name: str, step: str) -> str:
-    return f"name: {name}\nmatch: {{alertname: TaskmedicStuckTasks}}\nsteps:\n  - name: act\n    {step}\n"
+    return trusting_labels(f"name: {name}\nmatch: {{alertname: TaskmedicStuckTasks}}\nsteps:\n"
+                           f"  - name: act\n    {step}\n")
 
 
 async def outcomes(site: Site, timeout: float = 20.0, n: int = 1) -> dict[str, tuple[str, str | None]]:
