@@ -289,7 +289,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
               "equivalent queries, each hit by two aiohttp clients at 10 requests/s. taskmedic renders a cached "
               "snapshot; query-exporter runs its queries on each scrape.",
               "- Redis: the `list` queue collector over 1,000 lists, `run_once` duration (includes connecting).",
-              "- Harbor kill → detect: two gocraft-style pools (tests/workers/gocraft_pool.py) each run a "
+              "- Harbor kill → detect: two gocraft-style pools (deploy/local/gocraft_pool.py) each run a "
               "13 h REPLICATION; the real exporter (harbor profile, 1 s interval) is scraped every 100 ms from "
               "the SIGKILL of one pool until `worker_gone` rises, then for 10 s more to catch a count for the "
               "live twin; the kill falls at a random point of the 5 s heartbeat cycle. A pool is dead 10 s after "

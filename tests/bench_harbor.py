@@ -1,6 +1,6 @@
 """Kill → detect for Harbor (`python -m tests.bench` runs it; not a test, nothing asserts a time).
 
-Two gocraft-style worker pools (tests/workers/gocraft_pool.py, heartbeat every 5 s like gocraft)
+Two gocraft-style worker pools (deploy/local/gocraft_pool.py, heartbeat every 5 s like gocraft)
 each run a 13-hour REPLICATION. The real `taskmedic-exporter` (harbor profile, 1 s interval)
 watches them. One pool is SIGKILLed, and the bench measures how long `taskmedic_stuck_tasks{reason="worker_gone"}`
 takes to rise. The other pool is the live twin; any count above 1 would be a false positive.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from tests.harbor_seed import NS, ROOT, P, job
+from deploy.local.harbor_shape import NS, ROOT, P, job
 from tests.services import PostgresServer, RedisServer, free_port, running, wait_http
 
 REAPER_PERIOD = 600.0  # gocraft dead_pool_reaper.go: reapPeriod
@@ -36,7 +36,7 @@ def stuck(url: str) -> float:
 
 
 def pool(url: str, name: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "tests.workers.gocraft_pool", url, NS, name, "REPLICATION=0",
+    return subprocess.Popen([sys.executable, "-m", "deploy.local.gocraft_pool", url, NS, name, "REPLICATION=0",
                              "--work", "3600", "--beat", "5"], cwd=ROOT)
 
 

@@ -33,8 +33,8 @@ from pathlib import Path
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harbor_seed import P as HARBOR_P
-from tests.harbor_seed import seed_52_hour_shape, start_pool
+from deploy.local.harbor_shape import P as HARBOR_P
+from deploy.local.harbor_shape import seed_52_hour_shape, start_pool
 from tests.services import PostgresServer, RedisServer, free_port, tempdir, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ class Demo:
                                    f"values ('processing', {tid}, now() - interval '{age}', now() - interval '{age}')")
 
     def seed_harbor(self) -> None:
-        """S3's 52-hour shape (tests/harbor_seed.py): a dead pool holding the EXECUTION_SWEEP lock,
+        """S3's 52-hour shape (deploy/local/harbor_shape.py): a dead pool holding the EXECUTION_SWEEP lock,
         three sweeps queued behind it, and a live gocraft-style pool running a 13 h replication."""
         seed_52_hour_shape(lambda statement: self.sql("harbor", statement), redis.Redis.from_url(self.rs.url(0)))
         self.engines.append(start_pool(self.rs.url(0)))

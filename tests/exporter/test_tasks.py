@@ -9,9 +9,9 @@ from pathlib import Path
 
 import redis
 
+from deploy.local.harbor_shape import P, seed_52_hour_shape
 from tests.conftest import Database
 from tests.exporter.helpers import collect, value
-from tests.harbor_seed import P, seed_52_hour_shape
 
 CAPE_INSERT = ("insert into tasks (target, category, memory, enforce_timeout, clock, added_on, started_on, status,"
                " timeout, timedout) select 'x.exe', 'file', false, false, localtimestamp, {added}, {started},"

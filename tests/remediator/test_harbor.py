@@ -8,8 +8,8 @@ import time
 
 import redis
 
+from deploy.local.harbor_shape import P, seed_52_hour_shape, start_pool, wait_for_heartbeat
 from remediator.config import Setup, load_setup
-from tests.harbor_seed import P, seed_52_hour_shape, start_pool, wait_for_heartbeat
 from tests.remediator.kit import Site, execute
 from tests.remediator.test_shipped_playbooks import SHIPPED
 

@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 import redis
 
+from deploy.local.harbor_shape import P as HARBOR_P
+from deploy.local.harbor_shape import seed_52_hour_shape
 from remediator.config import load_setup
 from remediator.engine import Report
 from taskmedic.config.loader import ConfigError
 from tests.exporter.helpers import collect, value
-from tests.harbor_seed import P as HARBOR_P
-from tests.harbor_seed import seed_52_hour_shape
 from tests.remediator.kit import (
     FAIL_STALE,
     TOKEN,

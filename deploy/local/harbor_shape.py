@@ -1,5 +1,5 @@
 """The seed's 52-hour Harbor shape (SCENARIOS.md S3), next to its live twin, in real PostgreSQL and
-Redis; and a gocraft-style worker pool process (tests/workers/gocraft_pool.py) to serve it.
+Redis; and a gocraft-style worker pool process (deploy/local/gocraft_pool.py) to serve it.
 
 - EXECUTION_SWEEP runs one at a time (`max_concurrency` 1). Execution 1's job `sweep-0` is in
   progress in pool `dead-pool`, whose last heartbeat is 52 h old; the pool still holds
@@ -22,7 +22,7 @@ import redis
 
 NS = "{harbor_job_service_namespace}"
 P = NS + ":"
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def job(name: str, job_id: str, hours_ago: float) -> str:
@@ -64,7 +64,7 @@ def seed_52_hour_shape(sql: Callable[[str], object], r: redis.Redis) -> None:
 
 def start_pool(redis_url: str, pool: str = "live-pool", work: float = 0.2) -> subprocess.Popen[bytes]:
     """The live pool: serves EXECUTION_SWEEP (one at a time) and REPLICATION, heartbeating every second."""
-    return subprocess.Popen([sys.executable, "-m", "tests.workers.gocraft_pool", redis_url, NS, pool,
+    return subprocess.Popen([sys.executable, "-m", "deploy.local.gocraft_pool", redis_url, NS, pool,
                              "EXECUTION_SWEEP=1,REPLICATION=0", "--work", str(work)], cwd=ROOT)
 
 

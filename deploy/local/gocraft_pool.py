@@ -1,4 +1,5 @@
-"""A gocraft/work-style worker pool for tests, written from gocraft's protocol (not its code):
+"""A gocraft/work-style worker pool for the tests and the demo, written from gocraft's protocol
+(not its code):
 
 - heartbeat: `SADD <ns>:worker_pools <id>` and `HSET <ns>:worker_pools:<id>` heartbeat_at,
   started_at, job_names, concurrency, pid ... every `--beat` seconds (gocraft: 5 s);
@@ -10,7 +11,7 @@
   Harbor side: `job_stats:<id>` status Success; the test's side: the id is appended to
   `<ns>:test:done`.
 
-    python -m tests.workers.gocraft_pool REDIS_URL NAMESPACE POOL_ID TYPE=MAX[,TYPE=MAX...] [--work S] [--beat S]
+    python -m deploy.local.gocraft_pool REDIS_URL NAMESPACE POOL_ID TYPE=MAX[,TYPE=MAX...] [--work S] [--beat S]
 """
 
 from __future__ import annotations
