@@ -27,6 +27,7 @@ import aiohttp
 import psutil
 import redis
 
+from bench import harbor as bench_harbor
 from bench import remediator as bench_remediator
 from deploy.local.servers import PostgresServer, RedisServer, free_port, running, tempdir, wait_http
 from taskmedic.archive import check_file
@@ -338,6 +339,8 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
                      f"{z['peak_kb']:.0f} KB Python memory; `unzip -t` {z['unzip_t_s']:.1f} s | < 10 ms, < 1 MB |")
     if "zip_data" in results:
         lines.append(zip_data_report(results["zip_data"])[0])
+    if "harbor" in results:
+        lines.append(bench_harbor.report_line(results["harbor"]))
     lines.append(f"| exporter RSS at rest (CAPE + Celery + disk) | **{results['rss']['at_rest_mb']:.1f} MB**; "
                  f"serving the scrape benchmark {s['taskmedic_rss_mb']:.1f} MB | < 60 MB |")
     remediator = bench_remediator.report_lines(results["remediator"]) if "remediator" in results else []
@@ -351,6 +354,12 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
               "equivalent queries, each hit by two aiohttp clients at 10 requests/s. taskmedic renders a cached "
               "snapshot; query-exporter runs its queries on each scrape.",
               "- Redis: the `list` queue collector over 1,000 lists, `run_once` duration (includes connecting).",
+              "- Harbor kill → detect: two gocraft-style pools (deploy/local/gocraft_pool.py) each run a "
+              "13 h REPLICATION; the real exporter (harbor profile, 1 s interval) is scraped every 100 ms from "
+              "the SIGKILL of one pool until `worker_gone` rises, then for 10 s more to catch a count for the "
+              "live twin; the kill falls at a random point of the 5 s heartbeat cycle. A pool is dead 10 s after "
+              "its last heartbeat (gocraft's deadTime), which was 0-5 s before the kill: detection is expected "
+              "5-11 s after it, plus up to one collection interval.",
               "- Zip: a ZIP64 archive of random data written by Python's zipfile, checked by `taskmedic.archive`"
               " (tail read only) with tracemalloc measuring peak allocation, versus `unzip -tqq`.",
               *([zip_data_report(results["zip_data"])[1]] if "zip_data" in results else []),
@@ -389,6 +398,9 @@ def main() -> None:
         print(results["scrape"], "\nredis ...", flush=True)
         results["redis"] = bench_redis(tmp, rs)
         results["rss"] = {"at_rest_mb": bench_rss_at_rest(tmp, pg, rs)}
+        print("harbor kill → detect ...", flush=True)
+        results["harbor"] = bench_harbor.measure(tmp, pg, rs)
+        print(results["harbor"], flush=True)
         print(results["redis"], results["rss"], flush=True)
         if not args.skip_zip:
             print("zip ...", flush=True)

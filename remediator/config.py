@@ -23,6 +23,7 @@ from remediator.steps import (
     STEP_TYPES,
     CommandSpec,
     FilesSpec,
+    HarborSpec,
     HttpSpec,
     ProcessSpec,
     RedisSpec,
@@ -181,6 +182,7 @@ class Step(Model):
     files: FilesSpec | None = None
     process: ProcessSpec | None = None
     command: CommandSpec | None = None
+    harbor: HarborSpec | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Step:
@@ -328,6 +330,8 @@ def _system_refs(playbook: Playbook) -> list[tuple[KeyPath, str, Need]]:
             refs.append((("steps", i, "sql", "system"), step.sql.system, "database"))
         if step.redis is not None:
             refs.append((("steps", i, "redis", "system"), step.redis.system, "redis"))
+        if step.harbor is not None:
+            refs += [(("steps", i, "harbor", "system"), step.harbor.system, need) for need in ("database", "redis")]
     return refs
 
 

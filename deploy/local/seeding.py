@@ -13,12 +13,13 @@ from pathlib import Path
 
 import redis
 
+from deploy.local.harbor_shape import P as HARBOR_P
+from deploy.local.harbor_shape import seed_52_hour_shape, start_pool
 from deploy.local.servers import PostgresServer, RedisServer
-from taskmedic.wire import gocraft, kombu, rq
+from taskmedic.wire import kombu, rq
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"  # the upstream systems' schemas, shared with the tests
-HARBOR = gocraft.Keys("{harbor_job_service_namespace}")
 RQ_STARTED, RQ_FAILED = rq.registry_key("started", "default"), rq.registry_key("failed", "default")
 
 
@@ -73,21 +74,10 @@ class Seeding:
                                    f"values ('processing', {tid}, now() - interval '{age}', now() - interval '{age}')")
 
     def seed_harbor(self) -> None:
-        self.sql("harbor", "insert into execution (id, vendor_type, status, trigger, start_time) values "
-                           "(1, 'EXECUTION_SWEEP', 'Running', 'SCHEDULE', now() - interval '3 days'), "
-                           "(2, 'GARBAGE_COLLECTION', 'Running', 'MANUAL', now() - interval '10 minutes')")
-        self.sql("harbor", "insert into task (execution_id, job_id, status, status_code, vendor_type, "
-                           "start_time) values "
-                           "(1, 'sweep-dangling-1', 'Running', 2, 'EXECUTION_SWEEP', now() - interval '3 days'), "
-                           "(2, 'gc-healthy-1', 'Running', 2, 'GARBAGE_COLLECTION', now() - interval '10 minutes')")
-        r = redis.Redis.from_url(self.rs.url(0))
-        r.sadd(HARBOR.known_jobs, "EXECUTION_SWEEP", "GARBAGE_COLLECTION")
-        now = int(time.time())
-        r.lpush(HARBOR.jobs("EXECUTION_SWEEP"),
-                json.dumps({"name": "EXECUTION_SWEEP", "id": "sweep-dangling-1", "t": now - 3 * 86400}))
-        r.lpush(HARBOR.jobs("GARBAGE_COLLECTION"),
-                json.dumps({"name": "GARBAGE_COLLECTION", "id": "gc-healthy-1", "t": now - 600}))
-        r.hset(HARBOR.job_stats("sweep-dangling-1"), mapping={"status": "Running", "id": "sweep-dangling-1"})
+        """S3's 52-hour shape (deploy/local/harbor_shape.py): a dead pool holding the EXECUTION_SWEEP lock,
+        three sweeps queued behind it, and a live gocraft-style pool running a 13 h replication."""
+        seed_52_hour_shape(lambda statement: self.sql("harbor", statement), redis.Redis.from_url(self.rs.url(0)))
+        self.engines.append(start_pool(self.rs.url(0)))
 
     def seed_scanner(self) -> None:
         # The engine is a program of its own (the playbook judges PIDs by their executable): a
@@ -152,9 +142,9 @@ class Seeding:
                      lambda: self.sql("timesketch", "select s.status from timeline t join lateral (select status "
                                       "from timeline_status where parent_id = t.id order by id desc limit 1) s "
                                       "on true where t.name = 'orphaned'") == "fail"),
-            Incident("S3 Harbor EXECUTION_SWEEP stuck in Running", "harbor", "running_too_long",
+            Incident("S3 Harbor EXECUTION_SWEEP held by a dead worker pool", "harbor", "worker_gone",
                      lambda: self.sql("harbor", "select status from execution where id = 1") != "Running"
-                     and not any(b"sweep-dangling-1" in j for j in r0.lrange(HARBOR.jobs("EXECUTION_SWEEP"), 0, -1))),
+                     and r0.llen(HARBOR_P + "test:done") == 3),
             Incident("S5 scanner zombie engine", "scanner", "process_gone", lambda: self.sql(
                 "scanner", "select state from scan_tasks where target = 'https://zombie.example'") == "Terminated"),
             Incident("Celery messages held by a dead worker", "celery", "unacked_too_long",
@@ -174,8 +164,9 @@ class Seeding:
                 "timesketch", "select s.status from timeline t join lateral (select status from timeline_status "
                 "where parent_id = t.id order by id desc limit 1) s on true where t.name = 'importing'")
             == "processing",
-            "Harbor running garbage collection": self.sql("harbor", "select status from execution where id = 2")
-            == "Running" and redis.Redis.from_url(self.rs.url(0)).llen(HARBOR.jobs("GARBAGE_COLLECTION")) == 1,
+            "Harbor 13 h replication on a live pool": self.sql("harbor", "select status from execution where id = 5")
+            == "Running" and redis.Redis.from_url(self.rs.url(0)).llen(
+                HARBOR_P + "jobs:REPLICATION:live-pool:inprogress") == 1,
             "Celery message in flight on a live worker": redis.Redis.from_url(self.rs.url(1)).hexists(
                 kombu.UNACKED, "live-1"),
             "RQ job running on a live worker": redis.Redis.from_url(self.rs.url(2)).zscore(

@@ -20,6 +20,7 @@ from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
 from taskmedic.config.model import StuckRule, TaskTable
 from taskmedic.connections import Connections
+from taskmedic.detection import harbor
 from taskmedic.detection.judges import compile_match, judge
 from taskmedic.detection.sql import LiveQuery, build_live_query, build_terminal_query
 
@@ -52,9 +53,19 @@ class TaskCollector(SystemCollector):
                 counted = await conn.fetch(self._terminal_sql, self.tasks.terminal)
                 self._terminal = {r["status"]: r["n"] for r in counted}
                 self._terminal_at = time.monotonic()
-        return await self._samples(rows)
+            judged = {reason: await self._dangling_executions(conn, rule) for reason, rule in self.tasks.stuck.items()
+                      if rule.kind == "harbor"}
+        return await self._samples(rows, judged)
 
-    async def _samples(self, rows: list[Any]) -> list[Sample]:
+    async def _dangling_executions(self, conn: Any, rule: StuckRule) -> int:
+        """Harbor: executions with a Running task whose job no live pool has in progress. A Redis
+        error propagates: the judgement is unknown, so the collector fails rather than report 0."""
+        assert rule.harbor_job_service is not None and self.system.redis is not None
+        client = self.connections.redis(self.system.redis)
+        tasks, _ = await harbor.dangling(conn, client, rule, self.tasks.max_rows_checked)
+        return len({t.execution_id for t in tasks})
+
+    async def _samples(self, rows: list[Any], judged: dict[str, int]) -> list[Sample]:
         system = self.system_name
         out: list[Sample] = []
         by_branch = {r["branch"]: r for r in rows}
@@ -67,7 +78,8 @@ class TaskCollector(SystemCollector):
                                   system=system, status=status))
             for j, (reason, rule) in enumerate(self._live.rules):
                 if rule.status == status:
-                    stuck[reason] = await self._judge(reason, rule, row[f"r{j}"])
+                    stuck[reason] = (judged[reason] if reason in judged
+                                     else await self._judge(reason, rule, row[f"r{j}"]))
         for status in self.tasks.terminal:
             out.append(sample("taskmedic_tasks", self._terminal.get(status, 0), system=system, status=status))
         for reason, rule in self.tasks.stuck.items():

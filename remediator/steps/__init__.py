@@ -7,19 +7,22 @@ from typing import Any
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType, Transactions
 from remediator.steps.command import CommandSpec, CommandStep
 from remediator.steps.files import FilesSpec, FilesStep
+from remediator.steps.harbor import HarborSpec, HarborStep
 from remediator.steps.http import HttpSpec, HttpStep
 from remediator.steps.process import ProcessSpec, ProcessStep
 from remediator.steps.redis import RedisSpec, RedisStep
 from remediator.steps.sql import SqlSpec, SqlStep
 
 STEP_TYPES: dict[str, StepType[Any]] = {
-    step.key: step for step in (SqlStep(), RedisStep(), HttpStep(), FilesStep(), ProcessStep(), CommandStep())
+    step.key: step for step in (SqlStep(), RedisStep(), HttpStep(), FilesStep(), ProcessStep(), CommandStep(),
+                                HarborStep())
 }
 
 __all__ = [
     "STEP_TYPES",
     "CommandSpec",
     "FilesSpec",
+    "HarborSpec",
     "HttpSpec",
     "ProcessSpec",
     "RedisSpec",

@@ -140,12 +140,21 @@ class LiveWorkers(Model):
         return self
 
 
+class HarborJobService(Model):
+    """Harbor: an execution is stuck when one of its Running tasks' jobs is in progress in no
+    live worker pool of the job service (taskmedic.harbor: gocraft/work's own liveness rule)."""
+
+    namespace: str = Field(min_length=1)  # Harbor's default: {harbor_job_service_namespace}
+    dead_after: Duration = Field(default=10.0, gt=0)  # gocraft's deadTime: a pool's heartbeat older is dead
+
+
 class StuckRule(Model):
     """One way a task can be stuck; exactly one kind of check per rule.
 
     - age check: `age` column older than `max_age` (constant) or `max_age_sql` (per row);
     - process check: `pid` column names a process that is gone (or does not match);
-    - worker check: `worker` column names a worker missing from `live_workers`.
+    - worker check: `worker` column names a worker missing from `live_workers`;
+    - job service check (Harbor): `harbor_job_service`, see HarborJobService.
     """
 
     status: str
@@ -158,6 +167,7 @@ class StuckRule(Model):
     owner: str | None = None  # with engine: the user (or uid) the engine runs as
     worker: Identifier | None = None
     live_workers: LiveWorkers | None = None
+    harbor_job_service: HarborJobService | None = None
     min_age: Duration = 0.0
     where: str | None = None
 
@@ -165,9 +175,11 @@ class StuckRule(Model):
     def _one_kind(self) -> StuckRule:
         kinds = [k for k, on in (("max_age", self.max_age is not None or self.max_age_sql is not None),
                                  ("pid", self.pid is not None),
-                                 ("worker", self.worker is not None)) if on]
+                                 ("worker", self.worker is not None),
+                                 ("harbor", self.harbor_job_service is not None)) if on]
         if len(kinds) != 1:
-            raise ValueError("set exactly one check: max_age (or max_age_sql) with age, pid, or worker")
+            raise ValueError("set exactly one check: max_age (or max_age_sql) with age, pid, worker, "
+                             "or harbor_job_service")
         if self.max_age is not None and self.max_age_sql is not None:
             raise ValueError("set max_age or max_age_sql, not both")
         if kinds[0] == "max_age" and self.age is None:
@@ -178,12 +190,17 @@ class StuckRule(Model):
             raise ValueError("engine and owner judge the process a `pid` column names; set pid")
         if self.owner is not None and self.engine is None:
             raise ValueError("owner needs engine")
-        if self.min_age and self.age is None:
+        if kinds[0] == "harbor" and (self.where or self.age):
+            raise ValueError("a harbor_job_service check reads Harbor's execution and task tables itself "
+                             "(min_age counts from execution.start_time): drop `where` and `age`")
+        if self.min_age and self.age is None and kinds[0] != "harbor":
             raise ValueError("min_age needs `age`: the timestamp column to measure from")
         return self
 
     @property
-    def kind(self) -> Literal["age", "pid", "worker"]:
+    def kind(self) -> Literal["age", "pid", "worker", "harbor"]:
+        if self.harbor_job_service is not None:
+            return "harbor"
         if self.pid is not None:
             return "pid"
         if self.worker is not None:
@@ -264,9 +281,9 @@ class System(Model):
         if self.database is None and self.redis is None:
             raise ValueError("a system needs `database` or `redis` (or both)")
         if self.tasks is not None:
-            worker_rules = [r for r in self.tasks.stuck.values() if r.kind == "worker"]
-            if worker_rules and self.redis is None:
-                raise ValueError("a worker check reads live workers from Redis: set `redis`")
+            redis_rules = [r for r in self.tasks.stuck.values() if r.kind in ("worker", "harbor")]
+            if redis_rules and self.redis is None:
+                raise ValueError("a worker or job service check reads liveness from Redis: set `redis`")
         return self
 
 

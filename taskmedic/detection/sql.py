@@ -71,6 +71,9 @@ def build_live_query(tasks: TaskTable) -> LiveQuery:
                   else "null::float8")
         cols = [f"{i} as branch", "count(*) as n", f"{oldest} as oldest"]
         for j, (_, rule) in enumerate(rules):
+            if rule.kind == "harbor":  # judged by taskmedic.detection.harbor, not in this query
+                cols.append(f"null::bigint as r{j}")
+                continue
             if rule.status != st:
                 cols.append(f"null::bigint as r{j}" if rule.kind == "age" else f"null::text[] as r{j}")
                 continue

@@ -8,8 +8,9 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from taskmedic.config.model import System
+from taskmedic.config.model import StuckRule, System
 from taskmedic.connections import Connections
+from taskmedic.detection import harbor
 from taskmedic.detection.base import Inventory, Row, Targets, TargetsRefused, selected
 from taskmedic.detection.judges import compile_match, engine_visible, judge
 from taskmedic.detection.sql import build_rows_query, judged_column
@@ -28,6 +29,8 @@ async def stuck_targets(system_name: str, system: System, reason: str, connectio
     tasks = system.tasks
     assert tasks is not None and system.database is not None
     rule = tasks.stuck[reason]
+    if rule.kind == "harbor":
+        return await _harbor_targets(system, rule, connections, limit)
     judged = judged_column(rule)
     fetch = limit if judged is None else max(limit, tasks.max_rows_checked)
     sql, params = build_rows_query(tasks, rule, fetch)
@@ -44,6 +47,13 @@ async def stuck_targets(system_name: str, system: System, reason: str, connectio
         raise TargetsRefused(f"{system_name}/{reason}: no process matching {rule.process_match!r} is visible "
                              "from here, so every task would look gone; run where the engines' PIDs are visible")
     return stuck[:limit]
+
+
+async def _harbor_targets(system: System, rule: StuckRule, connections: Connections, limit: int) -> list[Row]:
+    assert system.database is not None and system.redis is not None
+    pool = await connections.pg(system.database, system.timezone, system.timeout)
+    async with pool.acquire() as conn:
+        return await harbor.stuck_executions(conn, connections.redis(system.redis), rule, limit)
 
 
 class StuckKind:

@@ -44,6 +44,20 @@ class Keys:
     def in_progress(self, job_type: str, pool: str) -> str:
         return f"{self.jobs(job_type)}:{pool}:inprogress"
 
+    def lock(self, job_type: str) -> str:
+        """How many jobs of this type run now, across pools (checked against max_concurrency)."""
+        return self.jobs(job_type) + ":lock"
+
+    def lock_info(self, job_type: str) -> str:
+        """Hash pool id → how many of the type's `lock` that pool holds."""
+        return self.jobs(job_type) + ":lock_info"
+
+    def max_concurrency(self, job_type: str) -> str:
+        return self.jobs(job_type) + ":max_concurrency"
+
+    def paused(self, job_type: str) -> str:
+        return self.jobs(job_type) + ":paused"
+
     def job_stats(self, job_id: str) -> str:
         return f"{self.prefix}job_stats:{job_id}"
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import redis
+
+from deploy.local.harbor_shape import P, seed_52_hour_shape
 from tests.conftest import Database
 from tests.exporter.helpers import collect, value
 
@@ -109,19 +113,39 @@ async def test_timesketch_processing_timeline_is_judged_by_its_latest_status(db:
     assert value(r, "taskmedic_stuck_tasks", reason="running_too_long", status="processing") == 1
 
 
-async def test_harbor_execution_sweep_stuck_in_running(db: Database, tmp: Path) -> None:
+def harbor_config(db: Database, redis_url: str) -> str:
+    return (f"systems:\n  harbor:\n    profile: harbor\n    database: {db.dsn}\n    redis: {redis_url}\n"
+            f"    queues: null\n")
+
+
+async def test_harbor_sweep_on_a_dead_pool_is_worker_gone_and_a_live_13h_replication_is_not(
+        db: Database, redis_url: str, tmp: Path) -> None:
+    r = redis.Redis.from_url(redis_url)
     db.load("harbor.sql")
-    db.sql("insert into execution (vendor_type, status, trigger, start_time) values "
-           "('EXECUTION_SWEEP', 'Running', 'SCHEDULE', now() - interval '3 days'), "
-           "('GARBAGE_COLLECTION', 'Running', 'MANUAL', now() - interval '10 minutes'), "
-           "('SCAN_ALL', 'Success', 'MANUAL', now() - interval '5 days')")
-    r = (await collect(tmp, f"systems:\n  harbor:\n    profile: harbor\n    database: {db.dsn}\n"
-                            f"    redis: redis://127.0.0.1:1/0\n    queues: null\n"))["tasks:harbor"]
-    assert r.up, r.error
-    assert value(r, "taskmedic_tasks", status="Running") == 2
-    assert value(r, "taskmedic_tasks", status="Success") == 1
-    assert value(r, "taskmedic_stuck_tasks", reason="running_too_long") == 1
-    assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long") == 0
+    seed_52_hour_shape(db.sql, r)
+    r.hset(P + "worker_pools:live-pool", mapping={"heartbeat_at": int(time.time()), "job_names": "REPLICATION"})
+    r.sadd(P + "worker_pools", "live-pool")
+    result = (await collect(tmp, harbor_config(db, redis_url)))["tasks:harbor"]
+    assert result.up, result.error
+    assert value(result, "taskmedic_tasks", status="Running") == 2
+    assert value(result, "taskmedic_stuck_tasks", reason="worker_gone", status="Running") == 1
+    assert value(result, "taskmedic_stuck_tasks", reason="pending_too_long") == 3
+    assert value(result, "taskmedic_stuck_tasks", reason="running_too_long") is None  # age is not death
+
+    # the replication's pool misses two heartbeats (gocraft: 10 s): its execution is worker_gone too
+    r.hset(P + "worker_pools:live-pool", "heartbeat_at", int(time.time()) - 11)
+    result = (await collect(tmp, harbor_config(db, redis_url)))["tasks:harbor"]
+    assert value(result, "taskmedic_stuck_tasks", reason="worker_gone", status="Running") == 2
+
+
+async def test_harbor_liveness_is_unknown_when_the_job_service_redis_is_down(db: Database, tmp: Path) -> None:
+    db.load("harbor.sql")
+    db.sql("insert into execution (id, vendor_type, status, trigger) values (1, 'REPLICATION', 'Running', 'MANUAL');"
+           "insert into task (execution_id, job_id, status, status_code, vendor_type) values "
+           "(1, 'rep-1', 'Running', 2, 'REPLICATION')")
+    result = (await collect(tmp, harbor_config(db, "redis://127.0.0.1:1/0")))["tasks:harbor"]
+    assert not result.up and "Connect" in (result.error or "")  # not counted as stuck: not known
+    assert value(result, "taskmedic_stuck_tasks", reason="worker_gone") is None
 
 
 async def test_scanner_zombie_engine_is_process_gone(db: Database, tmp: Path) -> None:

@@ -48,42 +48,6 @@ async def test_timesketch_playbook_fails_orphaned_timelines_only(site: Site, pg:
     assert "import abandoned" in timesketch.sql("select description from timeline where id = 1")
 
 
-async def test_harbor_playbook_settles_dangling_execution_and_only_its_redis_entries(
-        site: Site, pg: PostgresServer) -> None:
-    import json
-
-    import redis
-
-    setup, _ = shipped(site, pg)
-    harbor = site.cape  # the `harbor` system points at this database in shipped()
-    harbor.load("harbor.sql")
-    harbor.sql("""insert into execution (id, vendor_type, status, trigger, start_time) values
-                    (1, 'EXECUTION_SWEEP', 'Running', 'SCHEDULE', now() - interval '3 days'),
-                    (2, 'GARBAGE_COLLECTION', 'Running', 'MANUAL', now() - interval '10 minutes');
-                  insert into task (execution_id, job_id, status, status_code, vendor_type, start_time) values
-                    (1, 'lost-1', 'Running', 2, 'EXECUTION_SWEEP', now() - interval '3 days'),
-                    (2, 'gc-1', 'Running', 2, 'GARBAGE_COLLECTION', now() - interval '10 minutes')""")
-    r = redis.Redis.from_url(site.redis_url)
-    ns = "{harbor_job_service_namespace}:"
-    r.lpush(ns + "jobs:EXECUTION_SWEEP", json.dumps({"id": "lost-1", "t": 1}), json.dumps({"id": "next-1", "t": 2}))
-    r.lpush(ns + "jobs:GARBAGE_COLLECTION", json.dumps({"id": "gc-1", "t": 3}))
-    r.hset(ns + "job_stats:lost-1", "status", "Running")
-    r.hset(ns + "job_stats:gc-1", "status", "Running")
-    r.hset(ns + "job_track:inprogress", mapping={"lost-1": "x", "gc-1": "y"})
-    r.set("unrelated", "kept")
-    labels = {"system": "harbor", "reason": "running_too_long"}
-    report = await execute(setup, labels, playbook="harbor-settle-dangling-executions")
-    assert report.outcome == "succeeded", report.error
-    assert harbor.sql("select id, status from execution order by id").splitlines() == ["1|Error", "2|Running"]
-    assert harbor.sql("select job_id, status, status_code from task order by id").splitlines() == \
-        ["lost-1|Error|3", "gc-1|Running|2"]
-    assert [json.loads(j)["id"] for j in r.lrange(ns + "jobs:EXECUTION_SWEEP", 0, -1)] == ["next-1"]
-    assert r.llen(ns + "jobs:GARBAGE_COLLECTION") == 1
-    assert not r.exists(ns + "job_stats:lost-1") and r.exists(ns + "job_stats:gc-1")
-    assert r.hkeys(ns + "job_track:inprogress") == [b"gc-1"]
-    assert r.get("unrelated") == b"kept"
-
-
 def judged_at_once(text: str) -> str:
     """The scanner playbook without its 30 s grace, so engines started by the test are judged."""
     return text.replace("interval '30 seconds'", "interval '0 seconds'")

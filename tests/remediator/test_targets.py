@@ -8,12 +8,16 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import redis
 
+from deploy.local.harbor_shape import P as HARBOR_P
+from deploy.local.harbor_shape import seed_52_hour_shape
 from remediator.config import load_setup
 from remediator.engine import Report
 from taskmedic.config.loader import ConfigError
@@ -141,14 +145,14 @@ async def test_timesketch_targets_are_what_the_exporter_counts(site: Site, pg: P
 async def test_harbor_targets_are_what_the_exporter_counts(site: Site, pg: PostgresServer) -> None:
     setup, _ = shipped(site, pg)
     site.cape.load("harbor.sql")
-    site.cape.sql("""insert into execution (id, vendor_type, status, trigger, start_time) values
-                       (1, 'EXECUTION_SWEEP', 'Running', 'SCHEDULE', now() - interval '3 days'),
-                       (2, 'GARBAGE_COLLECTION', 'Running', 'MANUAL', now() - interval '10 minutes'),
-                       (3, 'REPLICATION', 'Running', 'MANUAL', now() - interval '13 hours')""")
-    _, ids = await targets_of(setup, {"system": "harbor", "reason": "running_too_long"},
+    r = redis.Redis.from_url(site.redis_url)
+    seed_52_hour_shape(site.cape.sql, r)  # execution 1 on a dead pool; 5, a 13 h replication, on a live one
+    r.hset(HARBOR_P + "worker_pools:live-pool", mapping={"heartbeat_at": int(time.time()) + 600,
+                                                         "job_names": "REPLICATION"})
+    _, ids = await targets_of(setup, {"system": "harbor", "reason": "worker_gone"},
                               "harbor-settle-dangling-executions")
-    assert ids == [1, 3]
-    assert await exporter_stuck(site, "harbor", "running_too_long") == len(ids)
+    assert ids == [1]
+    assert await exporter_stuck(site, "harbor", "worker_gone") == len(ids)
 
 
 async def test_scanner_targets_are_what_the_exporter_counts(site: Site, pg: PostgresServer) -> None:

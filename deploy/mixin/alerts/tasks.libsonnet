@@ -39,7 +39,7 @@ local lib = import '../lib.libsonnet';
               {{- else if eq $labels.reason "running_too_long" }}they have run longer than their timeout plus grace; the worker died or hangs.
               {{- else if eq $labels.reason "process_gone" }}the process that ran them no longer exists; they are zombies holding concurrency slots.
               {{- else if eq $labels.reason "heartbeat_lost" }}their worker stopped sending heartbeats.
-              {{- else if eq $labels.reason "worker_gone" }}the worker they were assigned to is no longer registered.
+              {{- else if eq $labels.reason "worker_gone" }}no live worker has them in progress: the worker (pool) running them stopped heartbeating or is no longer registered.
               {{- else if eq $labels.reason "unacked_too_long" }}Celery delivered them to a worker that never acknowledged them within the visibility timeout; kombu only restores them when a consumer runs its restore pass.
               {{- else if eq $labels.reason "abandoned" }}they sit in RQ's started registry past their expiry; the worker that ran them is gone and nothing will finish them.
               {{- else }}see the exporter's profile for this reason.{{ end }}
