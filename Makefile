@@ -4,12 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv test lint unit demo bench clean
+.PHONY: help deps venv test lint unit demo bench mixin clean
 
 help:
 	@echo "make demo   - run the real stack locally: incidents seeded, detected, alerted and healed"
 	@echo "make test   - lint, type-check and run every test against real PostgreSQL/Redis/Prometheus"
 	@echo "make bench  - benchmarks; results in docs/benchmarks.md"
+	@echo "make mixin  - regenerate rules/, dashboards and Kubernetes objects from deploy/mixin"
 
 deps:
 	@deploy/local/install-deps.sh
@@ -25,6 +26,7 @@ venv: $(BIN)/taskmedic-exporter
 lint: venv
 	$(BIN)/ruff check taskmedic exporter remediator tests deploy
 	$(BIN)/mypy
+	$(BIN)/python -m deploy.mixin.build --check
 
 test: deps venv lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -34,6 +36,9 @@ demo: deps venv
 
 bench: deps venv
 	$(BIN)/python -m tests.bench
+
+mixin: deps venv
+	$(BIN)/python -m deploy.mixin.build
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -50,8 +50,9 @@ def load_all(path: Path) -> list[dict[str, Any]]:
 
 
 def manifests() -> list[tuple[str, dict[str, Any]]]:
+    """Every document of the base, the example overlays and secret.example.yaml."""
     out = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(K8S.rglob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         out.extend((path.name, doc) for doc in load_all(path))
@@ -81,8 +82,8 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def kustomization() -> dict[str, Any]:
-    return yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+def kustomization(directory: str = "base") -> dict[str, Any]:
+    return yaml.safe_load((K8S / directory / "kustomization.yaml").read_text(encoding="utf-8"))
 
 
 def example_secrets() -> dict[str, dict[str, str]]:
@@ -142,10 +143,12 @@ def flag(args: list[str], name: str) -> str:
 
 
 def test_kustomization_lists_every_manifest() -> None:
-    resources = kustomization()["resources"]
-    assert len(resources) == len(set(resources)), "a resource is listed twice"
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - NOT_RESOURCES
-    assert set(resources) == on_disk, "kustomization.yaml resources and deploy/kubernetes/*.yaml differ"
+    for directory in ("base", "overlays/cape"):
+        resources = [r for r in kustomization(directory)["resources"] if not r.startswith("..")]
+        assert len(resources) == len(set(resources)), "a resource is listed twice"
+        on_disk = {p.name for p in (K8S / directory).glob("*.yaml")} - NOT_RESOURCES
+        assert set(resources) == on_disk, f"{directory}/kustomization.yaml resources and its *.yaml differ"
+    assert kustomization("overlays/cape")["resources"][0] == "../../base"
     assert kustomization()["namespace"] == "taskmedic"
     assert IMAGE in {i["name"] for i in kustomization().get("images", [])}
 
@@ -194,7 +197,7 @@ def test_kustomize_build_renders_everything() -> None:
     command = kustomize_command()
     if command is None:
         pytest.skip("neither kustomize nor kubectl is installed")
-    out = subprocess.run([*command, str(K8S)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*command, str(K8S / "overlays" / "cape")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
     expected = {(d["kind"], d["metadata"]["name"]) for f, d in manifests() if f != "secret.example.yaml"}
@@ -365,6 +368,8 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
     """The container's environment, secretKeyRefs filled from secret.example.yaml."""
     secrets = example_secrets()
     env = {}
+    for source in container.get("envFrom", []):
+        env.update(secrets[source["secretRef"]["name"]])
     for var in container.get("env", []):
         ref = var.get("valueFrom", {}).get("secretKeyRef")
         if ref:
@@ -460,7 +465,7 @@ def test_secrets_are_referenced_never_inlined() -> None:
 
 def test_alertmanager_receiver_snippet(tmp_path: Path) -> None:
     snippet = yaml.safe_load((K8S / "alertmanager-receiver.yml").read_text(encoding="utf-8"))
-    (receiver,) = snippet["receivers"]
+    (receiver,) = [r for r in snippet["receivers"] if r.get("webhook_configs")]
     assert receiver["name"] in {r["receiver"] for r in snippet["route"]["routes"]}
     (hook,) = receiver["webhook_configs"]
     assert hook["send_resolved"] is True
@@ -483,7 +488,7 @@ def test_alertmanager_receiver_snippet(tmp_path: Path) -> None:
     if shutil.which("amtool") is None:
         pytest.skip("amtool not installed")
     # A complete config around the snippet: a default receiver plus the snippet's routes and receivers.
-    full = {"route": {"receiver": "default", **snippet["route"]},
+    full = {"route": {**snippet["route"], "receiver": "default"},
             "receivers": [{"name": "default"}, *snippet["receivers"]]}
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(full), encoding="utf-8")
     out = subprocess.run(["amtool", "check-config", str(tmp_path / "alertmanager.yml")],
@@ -497,9 +502,9 @@ def test_alertmanager_receiver_snippet(tmp_path: Path) -> None:
 
 def test_prometheusrule_is_generated_from_rules() -> None:
     generator = load_generator()
-    committed = (K8S / "prometheusrule.yaml").read_text(encoding="utf-8")
+    committed = (K8S / "base" / "prometheusrule.yaml").read_text(encoding="utf-8")
     assert committed == generator.render(RULES), (
-        "deploy/kubernetes/prometheusrule.yaml is out of date: run python deploy/kubernetes/generate_prometheusrule.py")
+        "deploy/kubernetes/base/prometheusrule.yaml is out of date: run make mixin")
     # Independently of the generator: the same groups and rules, in the same order, as rules/.
     expected = [g for f in rule_files()
                 for g in (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("groups", [])]

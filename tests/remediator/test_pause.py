@@ -47,7 +47,8 @@ async def test_a_global_pause_suppresses_runs_until_resumed_from_the_command_lin
 
     await post(client, payload(alert("f1", alertname="First")))
     [run] = await settled(site)
-    assert run["outcome"] == "suppressed" and "paused: all playbooks" in run["error"] and "db maintenance" in run["error"]
+    assert run["outcome"] == "suppressed"
+    assert "paused: all playbooks" in run["error"] and "db maintenance" in run["error"]
     assert count(site.cape, "status = 'pending'") == 7, "a paused remediator changes nothing"
     async with client.get("/metrics") as r:
         assert 'taskmedic_remediation_paused_since_timestamp_seconds{scope="*"}' in await r.text()
