@@ -16,8 +16,9 @@ import psutil
 
 from taskmedic.config.model import StuckRule, System
 from taskmedic.connections import Connections
+from taskmedic.detection.celery_workers import working_rows
 
-RunBlocking = Callable[[Callable[[], list[bool]]], Any]  # awaitable: runs the call off the event loop
+RunBlocking = Callable[[Callable[[], Any]], Any]  # awaitable: runs the call off the event loop
 
 
 def process_gone(pid_text: str, pattern: re.Pattern[str] | None) -> bool:
@@ -60,9 +61,17 @@ def compile_match(rule: StuckRule) -> re.Pattern[str] | None:
 
 async def judge(rule: StuckRule, candidates: Sequence[str], system: System, connections: Connections,
                 run_blocking: RunBlocking, pattern: re.Pattern[str] | None = None) -> list[bool]:
-    """For each candidate value of a pid/worker check, whether it makes its row stuck."""
+    """For each candidate value of a pid/worker/celery check, whether it makes its row stuck
+    (JudgementUnknown when the evidence cannot be had)."""
     if not candidates:
         return []
+    if rule.celery_active is not None:
+        check = rule.celery_active
+        broker = check.broker or system.redis
+        assert broker is not None
+        url, scan = broker.get_secret_value(), max(len(candidates), 1000)
+        working: set[str] = await run_blocking(lambda: working_rows(check, url, scan))
+        return [c not in working for c in candidates]
     if rule.kind == "pid":
         values = list(candidates)
         result: list[bool] = await run_blocking(lambda: [process_gone(p, pattern) for p in values])

@@ -10,9 +10,9 @@ from typing import TypeVar
 
 from taskmedic.config.model import System
 from taskmedic.connections import Connections
-from taskmedic.detection.base import Inventory, Row, Targets, TargetsRefused, selected
+from taskmedic.detection.base import Inventory, JudgementUnknown, Row, Targets, TargetsRefused, selected
 from taskmedic.detection.judges import compile_match, engine_visible, judge
-from taskmedic.detection.sql import build_rows_query, judged_column
+from taskmedic.detection.sql import build_live_query, build_rows_query, clock_problem, clock_skew, judged_column
 
 T = TypeVar("T")
 
@@ -33,11 +33,18 @@ async def stuck_targets(system_name: str, system: System, reason: str, connectio
     sql, params = build_rows_query(tasks, rule, fetch)
     pool = await connections.pg(system.database, system.timezone, system.timeout)
     async with pool.acquire() as conn:
+        live = build_live_query(tasks)
+        problem = clock_problem(clock_skew(await conn.fetch(live.sql, *live.params)), tasks)
+        if problem is not None:
+            raise TargetsRefused(f"{system_name}: {problem}")
         rows = [dict(r) for r in await conn.fetch(sql, *params)]
     if judged is None:
         return rows
     pattern = compile_match(rule)
-    verdicts = await judge(rule, [r["judged"] for r in rows], system, connections, _in_thread, pattern)
+    try:
+        verdicts = await judge(rule, [r["judged"] for r in rows], system, connections, _in_thread, pattern)
+    except JudgementUnknown as e:
+        raise TargetsRefused(f"{system_name}/{reason}: unknown, so nothing is judged stuck: {e}") from None
     stuck = [{k: v for k, v in r.items() if k != "judged"} for r, gone in zip(rows, verdicts, strict=True) if gone]
     if rule.kind == "pid" and pattern is not None and stuck and len(stuck) == len(rows) \
             and not await asyncio.to_thread(engine_visible, pattern):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tests.conftest import Database
 from tests.exporter.helpers import collect, value
+from tests.workers.celery_run import answers, celery_worker, wait_until
 
 CAPE_INSERT = ("insert into tasks (target, category, memory, enforce_timeout, clock, added_on, started_on, status,"
                " timeout, timedout) select 'x.exe', 'file', false, false, localtimestamp, {added}, {started},"
@@ -95,18 +96,22 @@ def seed_timeline(db: Database, statuses: list[tuple[str, str]], detach: bool = 
                f"values ('{status}', {parent}, now() - interval '{age}')")
 
 
-async def test_timesketch_processing_timeline_is_judged_by_its_latest_status(db: Database, tmp: Path) -> None:
+async def test_timesketch_processing_timeline_is_judged_by_its_latest_status(db: Database, tmp: Path,
+                                                                             redis_url: str) -> None:
     db.load("timesketch.sql")
     seed_timeline(db, [("new", "5 hours"), ("processing", "4 hours")])  # orphaned by a dead worker
     seed_timeline(db, [("new", "5 hours"), ("processing", "4 hours"), ("ready", "3 hours")])  # finished
-    seed_timeline(db, [("processing", "20 minutes")])  # importing a large file, healthy
+    seed_timeline(db, [("processing", "20 seconds")])  # just handed to Celery: within the grace
     # written by an older Timesketch that left its history attached: the newest row counts
     seed_timeline(db, [("processing", "6 hours"), ("ready", "5 hours")], detach=False)
-    r = (await collect(tmp, f"systems:\n  ts:\n    profile: timesketch\n    database: {db.dsn}\n"))["tasks:ts"]
+    with celery_worker(redis_url, "idle", "idle", tmp):  # alive, importing none of them
+        wait_until(lambda: answers(redis_url), 60, "the worker to answer")
+        r = (await collect(tmp, f"systems:\n  ts:\n    profile: timesketch\n    database: {db.dsn}\n"
+                                f"    redis: {redis_url}\n"))["tasks:ts"]
     assert r.up, r.error
     assert value(r, "taskmedic_tasks", status="processing") == 2
     assert value(r, "taskmedic_tasks", status="ready") == 2
-    assert value(r, "taskmedic_stuck_tasks", reason="running_too_long", status="processing") == 1
+    assert value(r, "taskmedic_stuck_tasks", reason="worker_gone", status="processing") == 1
 
 
 async def test_harbor_execution_sweep_stuck_in_running(db: Database, tmp: Path) -> None:

@@ -198,7 +198,7 @@ def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str,
     """The shipped playbooks (each through `edit`) with a config naming one system per built-in
     profile, by its name (the demo's and the README's convention)."""
     timesketch = Database(pg, pg.create_database("timesketch"))
-    systems = (f"  timesketch: {{profile: timesketch, database: '{timesketch.dsn}'}}\n"
+    systems = (f"  timesketch: {{profile: timesketch, database: '{timesketch.dsn}', redis: '{site.redis_url}'}}\n"
                f"  harbor: {{profile: harbor, database: '{site.cape.dsn}', redis: '{site.redis_url}'}}\n"
                f"  scanner: {{profile: scanner, database: '{site.cape.dsn}',\n"
                f"            tasks: {{stuck: {{process_gone: {{process_match: '{engine}'}}}}}}}}\n"

@@ -6,10 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from remediator.config import load_setup
 from tests.remediator.kit import SHIPPED, Site, count, execute, seed_cape, shipped
 from tests.services import PostgresServer
+from tests.workers.celery_run import answers, celery_worker, wait_until
 
 
 def test_every_shipped_playbook_is_valid(site: Site, pg: PostgresServer) -> None:
@@ -29,18 +31,20 @@ async def test_cape_playbook_fails_stale_pending_and_leaves_fresh_ones(site: Sit
     assert again.outcome == "skipped"
 
 
-async def test_timesketch_playbook_fails_orphaned_timelines_only(site: Site, pg: PostgresServer) -> None:
+async def test_timesketch_playbook_fails_orphaned_timelines_only(site: Site, pg: PostgresServer, tmp: Path) -> None:
     setup, timesketch = shipped(site, pg)
     timesketch.load("timesketch.sql")
     timesketch.sql("""insert into timeline (id, name, description) values (1, 'orphaned', ''), (2, 'slow', 'big');
                       insert into timeline_status (status, parent_id, created_at) values
                         ('new', 1, now() - interval '5 hours'), ('processing', 1, now() - interval '5 hours'),
-                        ('processing', 2, now() - interval '10 minutes')""")
-    labels = {"system": "timesketch", "reason": "running_too_long"}
-    preview = await execute(setup, labels, dry_run=True, playbook="timesketch-fail-orphaned-timelines")
-    # found 1, described 1, detached its 2 attached rows, attached 1 fail row
-    assert (preview.outcome, [s.rows for s in preview.steps]) == ("dry_run", [1, 1, 2, 1])
-    report = await execute(setup, labels, playbook="timesketch-fail-orphaned-timelines")
+                        ('processing', 2, now() - interval '20 seconds')""")  # 2: just handed to Celery
+    labels = {"system": "timesketch", "reason": "worker_gone"}
+    with celery_worker(site.redis_url, "idle", "idle", tmp):  # a live worker, importing neither
+        wait_until(lambda: answers(site.redis_url), 60, "the worker to answer")
+        preview = await execute(setup, labels, dry_run=True, playbook="timesketch-fail-orphaned-timelines")
+        # found 1, described 1, detached its 2 attached rows, attached 1 fail row
+        assert (preview.outcome, [s.rows for s in preview.steps]) == ("dry_run", [1, 1, 2, 1])
+        report = await execute(setup, labels, playbook="timesketch-fail-orphaned-timelines")
     assert report.outcome == "succeeded", report.error
     # as Timesketch reads it: the rows still attached to each timeline
     attached = timesketch.sql("select parent_id, status from timeline_status where parent_id is not null "

@@ -32,6 +32,7 @@ from tests.remediator.kit import (
     shipped,
 )
 from tests.services import PostgresServer, free_port, running, wait_http
+from tests.workers.celery_run import answers, celery_worker, wait_until
 
 FORGED = ({"older_than": "0 seconds"}, {"older_than": "-1 year"}, {"id": "6"}, {"pid": "1"}, {"path": "/"})
 
@@ -122,20 +123,22 @@ async def test_cape_targets_are_what_the_exporter_counts_in_a_database_on_shangh
         ["stuck.exe|failed_analysis", "fresh.exe|pending"]
 
 
-async def test_timesketch_targets_are_what_the_exporter_counts(site: Site, pg: PostgresServer) -> None:
+async def test_timesketch_targets_are_what_the_exporter_counts(site: Site, pg: PostgresServer, tmp: Path) -> None:
     setup, timesketch = shipped(site, pg)
     timesketch.load("timesketch.sql")
     timesketch.sql("""insert into timeline (id, name, description) values (1, 'orphaned', ''), (2, 'slow', ''),
                         (3, 'orphaned-too', '');
                       insert into timeline_status (status, parent_id, created_at) values
-                        ('processing', 1, now() - interval '5 hours'), ('processing', 2, now() - interval '10 minutes'),
+                        ('processing', 1, now() - interval '5 hours'), ('processing', 2, now() - interval '20 seconds'),
                         ('processing', 3, now() - interval '3 hours')""")
     path = site.tmp / "taskmedic.yml"
     path.write_text(path.read_text())  # the exporter reads the very file the remediator loaded
-    labels = {"system": "timesketch", "reason": "running_too_long"}
-    _, ids = await targets_of(setup, labels, "timesketch-fail-orphaned-timelines")
-    assert ids == [1, 3]
-    assert await exporter_stuck(site, "timesketch", "running_too_long") == len(ids)
+    labels = {"system": "timesketch", "reason": "worker_gone"}
+    with celery_worker(site.redis_url, "idle", "idle", tmp):  # a live worker, importing none of them
+        wait_until(lambda: answers(site.redis_url), 60, "the worker to answer")
+        _, ids = await targets_of(setup, labels, "timesketch-fail-orphaned-timelines")
+        assert ids == [1, 3]
+        assert await exporter_stuck(site, "timesketch", "worker_gone") == len(ids)
 
 
 async def test_harbor_targets_are_what_the_exporter_counts(site: Site, pg: PostgresServer) -> None:
