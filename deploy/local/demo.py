@@ -105,11 +105,26 @@ class Demo:
                                        started="localtimestamp - interval '1 hour'"))
 
     def seed_timesketch(self) -> None:
-        for name, age in (("orphaned", "4 hours"), ("importing", "10 minutes")):
+        """An import whose worker died, and a 3-hour import on a live Celery worker (older than any
+        age threshold, alive all the same)."""
+        from celery import Celery
+
+        broker = self.rs.url(3)
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "deploy.local.timesketch_worker", "worker",
+                                   "--pool=prefork", "--concurrency=1", "--loglevel=error", "--without-mingle",
+                                   "--without-gossip"], env={**os.environ, "TIMESKETCH_BROKER": broker},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                                  start_new_session=True)
+        self.engines.append(worker)
+        api = Celery("timesketch-api", broker=broker, set_as_current=False)
+        for name, age in (("orphaned", "4 hours"), ("importing", "3 hours")):
             tid = self.sql("timesketch", f"insert into timeline (name, created_at, updated_at) values "
                                          f"('{name}', now(), now()) returning id").splitlines()[0]
             self.sql("timesketch", f"insert into timeline_status (status, parent_id, created_at, updated_at) "
                                    f"values ('processing', {tid}, now() - interval '{age}', now() - interval '{age}')")
+            if name == "importing":
+                api.send_task("timesketch.lib.tasks.run_plaso",
+                              args=["/var/lib/timesketch/upload/big.plaso", "", name, f"index{tid}", "plaso", int(tid)])
 
     def seed_harbor(self) -> None:
         self.sql("harbor", "insert into execution (id, vendor_type, status, trigger, start_time) values "
@@ -177,7 +192,7 @@ class Demo:
         return [
             Incident("S1 CAPE pending pile-up", "cape", "pending_too_long", lambda: self.sql(
                 "cape", "select count(*) from tasks where status = 'pending' and target = 'stuck.exe'") == "0"),
-            Incident("S2 Timesketch timeline orphaned in processing", "timesketch", "running_too_long",
+            Incident("S2 Timesketch timeline orphaned in processing", "timesketch", "worker_gone",
                      lambda: self.sql("timesketch", "select s.status from timeline t join lateral (select status "
                                       "from timeline_status where parent_id = t.id order by id desc limit 1) s "
                                       "on true where t.name = 'orphaned'") == "fail"),
@@ -237,6 +252,7 @@ systems:
   timesketch:
     profile: timesketch
     database: {dsn("timesketch")}
+    redis: {self.rs.url(3)}   # Timesketch's Celery broker: its workers are asked what they import
     interval: 1s
   harbor:
     profile: harbor
@@ -364,6 +380,14 @@ def firing_alerts(prometheus: str) -> set[tuple[str, str]]:
             if a["labels"].get("alertname") == "TaskmedicStuckTasks" and a["state"] == "firing"}
 
 
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a seeded process and whatever it started (a Celery worker's pool children)."""
+    with suppress(ProcessLookupError, PermissionError):
+        if proc.poll() is None and os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.kill()
+
+
 def runs(remediator: str, token: str) -> list[dict[str, object]]:
     data = http_json(remediator + "/runs?limit=200", {"Authorization": f"Bearer {token}"})
     if isinstance(data, dict):
@@ -479,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             for what, path in (("exporter", "/healthz"), ("remediator", "/healthz"), ("alertmanager", "/-/ready"),
                                ("prometheus", "/-/ready")):
                 wait_http(demo.url(what) + path, 60)
-            stack.callback(lambda: [e.kill() for e in demo.engines])
+            stack.callback(lambda: [stop_group(e) for e in demo.engines])
             print(f"{color('taskmedic demo', BOLD)} — everything below is real and local:")
             for what, path in (("exporter", "/metrics"), ("remediator", "/runs"), ("prometheus", "/alerts"),
                                ("alertmanager", "/")):
