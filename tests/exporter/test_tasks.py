@@ -37,6 +37,17 @@ async def test_cape_pending_pileup_is_counted_as_stuck(db: Database, tmp: Path) 
     assert age is not None and 3 * 86400 - 60 < age < 3 * 86400 + 60
 
 
+async def test_cape_analyses_waiting_an_hour_for_the_processor_are_processing_stalled(db: Database, tmp: Path) -> None:
+    db.load("cape.sql")
+    seed_cape(db, 3, "completed", "localtimestamp - interval '4 hours'")
+    db.sql("update tasks set completed_on = localtimestamp - interval '2 hours' where id <= 2")
+    db.sql("update tasks set completed_on = localtimestamp - interval '5 minutes' where id = 3")  # being processed
+    r = (await collect(tmp, cape_config(db)))["tasks:cape"]
+    assert value(r, "taskmedic_stuck_tasks", reason="processing_stalled", status="completed") == 2
+    assert value(r, "taskmedic_judgement_trusted", system="cape") == 1
+    assert value(r, "taskmedic_clock_skew_seconds", system="cape") == 0
+
+
 async def test_cape_every_status_and_reason_is_exported_as_zero(db: Database, tmp: Path) -> None:
     db.load("cape.sql")
     r = (await collect(tmp, cape_config(db)))["tasks:cape"]
