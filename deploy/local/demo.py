@@ -144,16 +144,23 @@ class Demo:
         r.hset(HARBOR_NS + "job_stats:sweep-dangling-1", mapping={"status": "Running", "id": "sweep-dangling-1"})
 
     def seed_scanner(self) -> None:
+        # The engine is a program of its own (the playbook judges PIDs by their executable): a
+        # copy of `sleep` named scan-engine stands in for it.
+        program = self.root / "scan-engine"
+        shutil.copy(shutil.which("sleep") or "/bin/sleep", program)
+
         def engine() -> subprocess.Popen[bytes]:
-            p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", "scan-engine"])
+            p = subprocess.Popen([str(program), "3600"])
             self.engines.append(p)
             return p
         dead, alive = engine(), engine()
         dead.kill()
         dead.wait()
+        # The live engine's task starts now, after its process (an older start would make its PID
+        # one the OS reused, i.e. a zombie task).
         self.sql("scanner", f"insert into scan_tasks (target, state, engine_pid, started_at) values "
                             f"('https://zombie.example', 'Running', {dead.pid}, now() - interval '2 hours'), "
-                            f"('https://slow.example', 'Running', {alive.pid}, now() - interval '2 hours')")
+                            f"('https://slow.example', 'Running', {alive.pid}, now())")
 
     def seed_celery(self) -> None:
         r = redis.Redis.from_url(self.rs.url(1))
@@ -263,10 +270,6 @@ systems:
     profile: scanner
     database: {dsn("scanner")}
     interval: 1s
-    tasks:
-      stuck:
-        process_gone:
-          process_match: scan-engine   # what the demo's engines have in their argv
   celery:
     profile: celery
     redis: {self.rs.url(1)}

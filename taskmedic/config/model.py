@@ -164,6 +164,11 @@ class StuckRule(Model):
     max_age_sql: str | None = None
     pid: Identifier | None = None
     process_match: Regex | None = None
+    engine: str | None = None  # with pid: the engine's executable (taskmedic.processes.judge_engine)
+    owner: str | None = None  # with engine: the user (or uid) the engine runs as
+    # with engine: judge progress, not presence: stuck when the engine is alive but has gained no
+    # CPU time for this long (reason no_progress); its gone engines are left to process_gone
+    progress_window: Duration | None = None
     worker: Identifier | None = None
     live_workers: LiveWorkers | None = None
     celery_active: CeleryActive | None = None
@@ -185,6 +190,12 @@ class StuckRule(Model):
             raise ValueError("an age check needs `age`: the timestamp column to measure from")
         if kinds[0] == "worker" and self.live_workers is None:
             raise ValueError("a worker check needs `live_workers`")
+        if (self.engine is not None or self.owner is not None) and self.pid is None:
+            raise ValueError("engine and owner judge the process a `pid` column names; set pid")
+        if self.owner is not None and self.engine is None:
+            raise ValueError("owner needs engine")
+        if self.progress_window is not None and self.engine is None:
+            raise ValueError("progress_window judges the engine's CPU time: set engine (and pid)")
         if self.min_age and self.age is None:
             raise ValueError("min_age needs `age`: the timestamp column to measure from")
         return self

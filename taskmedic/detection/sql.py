@@ -53,6 +53,20 @@ def _age_of(timestamp_sql: str) -> str:
     return f"extract(epoch from now() - {timestamp_sql})::float8"
 
 
+def judged_sql(rule: StuckRule) -> str | None:
+    """The text a pid, worker or celery check judges per row: the column's value; for an engine
+    check, the PID and its task's start (epoch seconds) — `"<pid> <epoch>"`, read by
+    `judges.pid_and_start` — since a process created after its task started is not its engine."""
+    judged = judged_column(rule)
+    if judged is None:
+        return None
+    column = f"{quote_ident(judged)}::text"
+    if rule.engine is not None and rule.age is not None:
+        start = f"extract(epoch from {quote_ident(rule.age)}::timestamptz)::text"
+        return f"concat_ws(' ', {column}, {start})"
+    return column
+
+
 @dataclass(frozen=True)
 class LiveQuery:
     """The SQL of the exporter's live query and how to read its rows back."""
@@ -87,7 +101,7 @@ def build_live_query(tasks: TaskTable) -> LiveQuery:
                 cols.append(f"count(*) filter (where {pred}) as r{j}")
             else:
                 column = quote_ident(judged)
-                cols.append(f"(array_agg({column}::text) filter (where {pred} and {column} is not null))"
+                cols.append(f"(array_agg({judged_sql(rule)}) filter (where {pred} and {column} is not null))"
                             f"[1:{tasks.max_rows_checked}] as r{j}")
         branches.append(f"select {', '.join(cols)} from {source_sql(tasks)} as src where {where}")
     return LiveQuery(" union all ".join(branches), params, rules)
@@ -113,7 +127,7 @@ def build_rows_query(tasks: TaskTable, rule: StuckRule, limit: int) -> tuple[str
     judged = judged_column(rule)
     if judged is not None:
         column = quote_ident(judged)
-        cols += [f"{column}", f"{column}::text as judged"]
+        cols += [f"{column}", f"{judged_sql(rule)} as judged"]
         pred += f" and {column} is not null"
     order = f" order by {quote_ident(age)}" if age else ""
     params.append(limit)

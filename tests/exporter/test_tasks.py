@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import Database
+from tests.engines import engine_program, reaped, start_engine
 from tests.exporter.helpers import collect, value
 from tests.workers.celery_run import answers, celery_worker, wait_until
 
@@ -142,26 +143,26 @@ async def test_harbor_execution_sweep_stuck_in_running(db: Database, tmp: Path) 
 
 async def test_scanner_zombie_engine_is_process_gone(db: Database, tmp: Path) -> None:
     db.load("scanner.sql")
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    program = engine_program(tmp)
+    alive, dead = start_engine(program), start_engine(program)
+    dead.kill()
     dead.wait()
-    try:
+    with reaped(alive):
         db.sql(f"insert into scan_tasks (target, state, engine_pid, started_at) values "
-               f"('a', 'Running', {alive.pid}, now() - interval '2 hours'), "
+               f"('a', 'Running', {alive.pid}, now()), "  # started just after its engine
                f"('b', 'Running', {dead.pid}, now() - interval '2 hours'), "
-               f"('c', 'Running', {dead.pid}, now() - interval '1 second'), "  # just started: not judged
                f"('d', 'Runnable', null, null)")
         db.sql("update scan_tasks set updated_at = now() - interval '2 hours' where target = 'd'")
-        r = (await collect(tmp, f"systems:\n  scan:\n    profile: scanner\n    database: {db.dsn}\n"))["tasks:scan"]
+        config = (f"systems:\n  scan:\n    profile: scanner\n    database: {db.dsn}\n"
+                  "    tasks:\n      stuck:\n        process_gone: {min_age: 0s}\n")
+        r = (await collect(tmp, config))["tasks:scan"]
         assert r.up, r.error
         assert value(r, "taskmedic_stuck_tasks", reason="process_gone", status="Running") == 1
         assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long", status="Runnable") == 1
         alive.kill()
         alive.wait()
-        r = (await collect(tmp, f"systems:\n  scan:\n    profile: scanner\n    database: {db.dsn}\n"))["tasks:scan"]
+        r = (await collect(tmp, config))["tasks:scan"]
         assert value(r, "taskmedic_stuck_tasks", reason="process_gone") == 2
-    finally:
-        alive.kill()
 
 
 async def test_process_match_treats_a_reused_pid_as_gone(db: Database, tmp: Path) -> None:

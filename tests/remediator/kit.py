@@ -190,7 +190,7 @@ async def execute(setup: Setup, labels: dict[str, str] | None = None, dry_run: b
 SHIPPED = Path(__file__).parents[2] / "rules" / "playbooks"
 
 
-ENGINE = "scan-engine"  # what the scanner system's process_gone rule recognises as its engine
+ENGINE = "scan-engine"  # the executable the scanner system's rules recognise as its engine (tests/engines.py)
 
 
 def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str,
@@ -201,7 +201,8 @@ def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str,
     systems = (f"  timesketch: {{profile: timesketch, database: '{timesketch.dsn}', redis: '{site.redis_url}'}}\n"
                f"  harbor: {{profile: harbor, database: '{site.cape.dsn}', redis: '{site.redis_url}'}}\n"
                f"  scanner: {{profile: scanner, database: '{site.cape.dsn}',\n"
-               f"            tasks: {{stuck: {{process_gone: {{process_match: '{engine}'}}}}}}}}\n"
+               f"            tasks: {{stuck: {{process_gone: {{engine: '{engine}', min_age: 0s}},\n"  # judged at once
+               f"                            no_progress: {{engine: '{engine}', min_age: 0s}}}}}}}}\n"
                f"  celery: {{profile: celery, redis: '{site.redis_url}'}}\n"
                f"  rq: {{profile: rq, redis: '{site.redis_url}'}}\n")
     books = [edit(book.read_text()) for book in sorted(SHIPPED.glob("*.yml"))]

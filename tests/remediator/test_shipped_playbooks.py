@@ -3,12 +3,11 @@ schemas: the stuck work is healed, the healthy-but-slow work is not touched."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 from remediator.config import load_setup
+from tests.engines import engine_program, reaped, start_engine, start_look_alikes
 from tests.remediator.kit import SHIPPED, Site, count, execute, seed_cape, shipped
 from tests.services import PostgresServer
 from tests.workers.celery_run import answers, celery_worker, wait_until
@@ -89,38 +88,32 @@ async def test_harbor_playbook_settles_dangling_execution_and_only_its_redis_ent
     assert r.get("unrelated") == b"kept"
 
 
-def scan_engine(*argv: str) -> subprocess.Popen[bytes]:
-    """A stand-in for the scanner's engine: a live process with "scan-engine" in its argv, as the
-    demo's engines have."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv])
-
-
 async def test_scanner_playbook_terminates_only_tasks_whose_engine_is_gone(site: Site, pg: PostgresServer) -> None:
+    """Only a PID still running the engine, created before its task started, keeps the task: a
+    dead engine, a look-alike whose command line names the engine, and the engine on a PID its
+    task predates (a reused PID) are zombies' PIDs. Nothing is signalled."""
     setup, _ = shipped(site, pg)
     scanner = site.cape
     scanner.load("scanner.sql")
-    alive = scan_engine("scan-engine", "--task", "2")
-    reused = scan_engine("not-an-engine")  # a PID the OS gave to some other program
-    dead = scan_engine("scan-engine", "--task", "1")
+    program = engine_program(site.tmp)
+    dead, reused, alive = (start_engine(program) for _ in range(3))
     dead.kill()
     dead.wait()
-    try:
+    vim, note = start_look_alikes()
+    with reaped(alive, reused, vim, note):
         scanner.sql(f"""insert into scan_tasks (target, state, engine_pid, started_at) values
                           ('zombie', 'Running', {dead.pid}, now() - interval '1 hour'),
-                          ('alive', 'Running', {alive.pid}, now() - interval '1 hour'),
-                          ('young', 'Running', {dead.pid}, now()),
+                          ('alive', 'Running', {alive.pid}, now()),
+                          ('vim', 'Running', {vim.pid}, now()),
                           ('reused', 'Running', {reused.pid}, now() - interval '1 hour')""")
         report = await execute(setup, {"system": "scanner", "reason": "process_gone"},
                                playbook="scanner-terminate-zombies")
         assert report.outcome == "succeeded", report.error
-        assert report.targets is not None and [r["engine_pid"] for r in report.targets.rows] == [dead.pid, reused.pid]
-        assert [s.rows for s in report.steps] == [2]
+        assert report.targets is not None
+        assert sorted(r["engine_pid"] for r in report.targets.rows) == sorted([dead.pid, vim.pid, reused.pid])
         assert scanner.sql("select target, state from scan_tasks order by id").splitlines() == \
-            ["zombie|Terminated", "alive|Running", "young|Running", "reused|Terminated"]
-        assert alive.poll() is None and reused.poll() is None  # nothing was killed
-    finally:
-        alive.kill()
-        reused.kill()
+            ["zombie|Terminated", "alive|Running", "vim|Terminated", "reused|Terminated"]
+        assert all(p.poll() is None for p in (alive, reused, vim, note))  # nothing was signalled
 
 
 async def test_scanner_playbook_is_refused_when_no_engine_is_visible(site: Site, pg: PostgresServer) -> None:
@@ -131,20 +124,19 @@ async def test_scanner_playbook_is_refused_when_no_engine_is_visible(site: Site,
     setup, _ = shipped(site, pg, engine=engine)
     scanner = site.cape
     scanner.load("scanner.sql")
-    elsewhere = scan_engine("not-an-engine")  # processes are visible, just no engine among them
-    try:
+    look_alikes = start_look_alikes()  # processes are visible, just no engine among them
+    with reaped(*look_alikes):
         scanner.sql(f"""insert into scan_tasks (target, state, engine_pid, started_at) values
-                          ('a', 'Running', {elsewhere.pid}, now() - interval '1 hour'),
+                          ('a', 'Running', {look_alikes[0].pid}, now() - interval '1 hour'),
                           ('b', 'Running', 4000000, now() - interval '1 hour')""")
         report = await execute(setup, {"system": "scanner", "reason": "process_gone"},
                                playbook="scanner-terminate-zombies")
         assert (report.outcome, report.steps) == ("refused", [])
-        assert report.error == (f"targets: scanner/process_gone: no process matching '{engine}' is visible from here, "
-                                "so every task would look gone; run where the engines' PIDs are visible")
+        assert report.error == (f"targets: scanner/process_gone: no process running the engine '{engine}' is "
+                                "visible from here, so every task would look gone; run where the engines' PIDs "
+                                "are visible")
         assert scanner.sql("select target, state from scan_tasks order by id").splitlines() == \
             ["a|Running", "b|Running"]
-    finally:
-        elsewhere.kill()
 
 
 async def test_celery_playbook_requeues_only_messages_past_the_visibility_timeout(

@@ -17,6 +17,7 @@ import pytest
 from remediator.config import load_setup
 from remediator.engine import Report
 from taskmedic.config.loader import ConfigError
+from tests.engines import engine_program, reaped, start_engine
 from tests.exporter.helpers import collect, value
 from tests.remediator.kit import (
     FAIL_STALE,
@@ -157,21 +158,18 @@ async def test_harbor_targets_are_what_the_exporter_counts(site: Site, pg: Postg
 async def test_scanner_targets_are_what_the_exporter_counts(site: Site, pg: PostgresServer) -> None:
     setup, _ = shipped(site, pg)
     site.cape.load("scanner.sql")
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "scan-engine"])
-    dead = subprocess.Popen([sys.executable, "-c", "pass", "scan-engine"])
+    program = engine_program(site.tmp)
+    alive, dead = start_engine(program), start_engine(program)
+    dead.kill()
     dead.wait()
-    try:
+    with reaped(alive):
         site.cape.sql(f"""insert into scan_tasks (id, target, state, engine_pid, started_at) values
                             (1, 'zombie', 'Running', {dead.pid}, now() - interval '1 hour'),
-                            (2, 'alive', 'Running', {alive.pid}, now() - interval '1 hour'),
-                            (3, 'young', 'Running', {dead.pid}, now())""")
+                            (2, 'alive', 'Running', {alive.pid}, now())""")
         report, ids = await targets_of(setup, {"system": "scanner", "reason": "process_gone"},
                                        "scanner-terminate-zombies")
         assert ids == [1], report.error
         assert await exporter_stuck(site, "scanner", "process_gone") == len(ids)
-    finally:
-        alive.kill()
-        alive.wait()
 
 
 def remediator_check(path: Path) -> subprocess.CompletedProcess[str]:
