@@ -23,6 +23,7 @@ from taskmedic.config.model import StuckRule, TaskTable
 from taskmedic.connections import Connections
 from taskmedic.detection.base import JudgementUnknown
 from taskmedic.detection.judges import compile_match, judge
+from taskmedic.detection.progress import ProgressTracker
 from taskmedic.detection.sql import LiveQuery, build_live_query, build_terminal_query, clock_problem, clock_skew
 
 log = logging.getLogger("taskmedic.exporter.tasks")
@@ -37,6 +38,7 @@ class TaskCollector(SystemCollector):
     _terminal_at: float = float("-inf")
     _patterns: dict[str, re.Pattern[str] | None] = field(default_factory=dict)
     _doubts: list[str] = field(default_factory=list)
+    _progress: ProgressTracker = field(default_factory=ProgressTracker)
     _blocking: BlockingCalls = field(default_factory=BlockingCalls, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,7 +97,7 @@ class TaskCollector(SystemCollector):
         if rule.kind == "age":
             return int(value or 0)
         verdicts = await judge(rule, list(value or []), self.system, self.connections, self._blocking.run,
-                               self._patterns[reason])
+                               self._patterns[reason], self._progress)
         return sum(verdicts)
 
 
