@@ -27,7 +27,7 @@ import psutil
 import redis
 
 from taskmedic.archive import check_file
-from tests import bench_remediator
+from tests import bench_liveness, bench_remediator
 from tests.exporter.helpers import collect
 from tests.services import PostgresServer, RedisServer, free_port, running, tempdir, wait_http
 
@@ -274,6 +274,8 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
         z = results["zip"]
         lines.append(f"| validity of a {z['size_gb']:.1f} GB zip | **{z['check_ms']:.2f} ms**, peak "
                      f"{z['peak_kb']:.0f} KB Python memory; `unzip -t` {z['unzip_t_s']:.1f} s | < 10 ms, < 1 MB |")
+    if "celery_kill" in results:
+        lines += bench_liveness.report_lines(results)
     lines.append(f"| exporter RSS at rest (CAPE + Celery + disk) | **{results['rss']['at_rest_mb']:.1f} MB**; "
                  f"serving the scrape benchmark {s['taskmedic_rss_mb']:.1f} MB | < 60 MB |")
     remediator = bench_remediator.report_lines(results["remediator"]) if "remediator" in results else []
@@ -287,6 +289,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
               "equivalent queries, each hit by two aiohttp clients at 10 requests/s. taskmedic renders a cached "
               "snapshot; query-exporter runs its queries on each scrape.",
               "- Redis: the `list` queue collector over 1,000 lists, `run_once` duration (includes connecting).",
+              *([bench_liveness.HOW] if "celery_kill" in results else []),
               "- Zip: a ZIP64 archive of random data written by Python's zipfile, checked by `taskmedic.archive`"
               " (tail read only) with tracemalloc measuring peak allocation, versus `unzip -tqq`.",
               *remediator[len(rows):], ""]
@@ -323,6 +326,9 @@ def main() -> None:
         results["redis"] = bench_redis(tmp, rs)
         results["rss"] = {"at_rest_mb": bench_rss_at_rest(tmp, pg, rs)}
         print(results["redis"], results["rss"], flush=True)
+        print("celery and scanner kill → detect ...", flush=True)
+        results |= bench_liveness.measure(tmp, pg, rs)
+        print({k: results[k] for k in bench_liveness.KEYS}, flush=True)
         if not args.skip_zip:
             print("zip ...", flush=True)
             results["zip"] = bench_zip(tmp, args.zip_gb)
