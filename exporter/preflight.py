@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ from typing import Any
 from exporter.config import ExporterConfig
 from taskmedic.config.model import System, TaskTable, redact
 from taskmedic.connections import Connections
+from taskmedic.detection.celery_workers import MISSING
 from taskmedic.detection.sql import build_live_query, source_sql
 
 
@@ -65,7 +67,7 @@ async def preflight(config: ExporterConfig, file: str) -> int:
                     problems += 1
                     print(f"{file}: systems.{name}.redis: cannot reach {where}: {type(e).__name__}: {e}",
                           file=sys.stderr)
-        problems += check_paths(config, file)
+        problems += check_paths(config, file) + check_celery(config, file)
     finally:
         await connections.close()
     return 1 if problems else 0
@@ -93,6 +95,16 @@ async def zone_warning(conn: Any, system: System) -> str | None:
             f"server's TimeZone {zone!r}; no `timezone:` is set. If the application writes them in another zone "
             "(CAPE: UTC unless cuckoo.conf says otherwise), ages are off by the difference: set `timezone:` "
             "to the zone they are written in")
+
+
+def check_celery(config: ExporterConfig, file: str) -> int:
+    """A `celery_active` rule asks workers through Celery itself, an optional extra."""
+    needing = [f"systems.{n}.tasks.stuck.{r}" for n, s in config.systems.items() if s.tasks is not None
+               for r, rule in s.tasks.stuck.items() if rule.celery_active is not None]
+    if not needing or importlib.util.find_spec("celery") is not None:
+        return 0
+    print(f"{file}: {needing[0]}: {MISSING}", file=sys.stderr)
+    return 1
 
 
 def check_paths(config: ExporterConfig, file: str) -> int:
