@@ -105,9 +105,15 @@ class Engine:
     def __init__(self, systems: Mapping[str, System], connections: Connections, statement_timeout: float,
                  disks: Sequence[Disk] = (), backups: Mapping[str, Backup] | None = None) -> None:
         self.systems = systems
+        self.disks = disks
+        self.backups: Mapping[str, Backup] = backups or {}
         self.connections = connections
         self.statement_timeout = statement_timeout
-        self.inventory = Inventory(systems, disks, backups or {})
+
+    @property
+    def inventory(self) -> Inventory:
+        """What targets are looked up in; follows a reload, which replaces these attributes."""
+        return Inventory(self.systems, self.disks, self.backups)
 
     async def find_targets(self, kind: str, alert: AlertInfo) -> Targets:
         """The rows the rule the alert's labels select finds now (TargetsRefused when they select

@@ -60,6 +60,7 @@ class Worker:
         self.playbooks = {p.name: p for p in setup.playbooks}
         self.settings = setup.settings
         self.engine.systems = setup.config.systems
+        self.engine.disks, self.engine.backups = setup.config.disks, setup.config.backups
 
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._claim_loop(), name="claim"),

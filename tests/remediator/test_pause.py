@@ -3,6 +3,7 @@ every replica and by the command line; alerts keep being journaled and end `supp
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from typing import Any
@@ -31,9 +32,11 @@ async def call(client: Client, method: str, path: str, body: Any = None, auth: b
         return r.status, await r.json(content_type=None)
 
 
-def cli(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "remediator", *args, "--config", str(site.tmp / "taskmedic.yml")],
-                          capture_output=True, text=True, timeout=60)
+async def cli(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command line, in a thread: a blocking call here would freeze the app under test mid-
+    transaction on the journal, and the command's own migration would wait on it."""
+    argv = [sys.executable, "-m", "remediator", *args, "--config", str(site.tmp / "taskmedic.yml")]
+    return await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60)
 
 
 async def test_a_global_pause_suppresses_runs_until_resumed_from_the_command_line(site: Site,
@@ -43,7 +46,7 @@ async def test_a_global_pause_suppresses_runs_until_resumed_from_the_command_lin
     assert (await call(client, "POST", "/pause", {"reason": "db maintenance"}, auth=False))[0] == 401
     status, body = await call(client, "POST", "/pause", {"reason": "db maintenance"})
     assert status == 200 and body["scope"] == "*"
-    assert "all playbooks" in cli(site, "status").stdout
+    assert "all playbooks" in (await cli(site, "status")).stdout
 
     await post(client, payload(alert("f1", alertname="First")))
     [run] = await settled(site)
@@ -53,9 +56,9 @@ async def test_a_global_pause_suppresses_runs_until_resumed_from_the_command_lin
     async with client.get("/metrics") as r:
         assert 'taskmedic_remediation_paused_since_timestamp_seconds{scope="*"}' in await r.text()
 
-    resumed = cli(site, "resume")
+    resumed = await cli(site, "resume")
     assert resumed.returncode == 0 and "resumed all playbooks" in resumed.stdout
-    assert cli(site, "status").stdout.strip() == "not paused"
+    assert (await cli(site, "status")).stdout.strip() == "not paused"
     await post(client, payload(alert("f2", alertname="First")))
     runs = await settled(site, 2)
     assert runs[1]["outcome"] == "succeeded"
@@ -65,9 +68,9 @@ async def test_a_global_pause_suppresses_runs_until_resumed_from_the_command_lin
 async def test_a_playbook_pause_holds_back_only_that_playbook_and_may_expire(site: Site, start: StartApp) -> None:
     seed_cape(site.cape)
     client = await start(site.setup(FIRST, SECOND))
-    paused = cli(site, "pause", "--playbook", "first", "--reason", "investigating", "--for", "1h")
+    paused = await cli(site, "pause", "--playbook", "first", "--reason", "investigating", "--for", "1h")
     assert paused.returncode == 0 and "playbook first" in paused.stdout and "until" in paused.stdout
-    assert cli(site, "pause", "--playbook", "no-such-playbook").returncode == 1
+    assert (await cli(site, "pause", "--playbook", "no-such-playbook")).returncode == 1
     await post(client, payload(alert("f1", alertname="First")))
     await post(client, payload(alert("f2", alertname="Second")))
     runs = {r["playbook"]: r for r in await settled(site, 2)}
