@@ -80,6 +80,17 @@ def seed_cape(db: Database, stale: int = 5, fresh: int = 2, reported: int = 0) -
             db.sql(insert.format(n=n, status=status, added=added, completed=completed))
 
 
+def seed_cape_utc_on(db: Database, zone: str) -> None:
+    """CAPE as it writes by default (naive UTC) into a database whose TimeZone is `zone`: a task
+    pending for 3 hours (stuck.exe) and one for 40 minutes (fresh.exe)."""
+    db.load("cape.sql")
+    db.sql(f"alter database {db.name} set timezone = '{zone}'")
+    db.sql("""insert into tasks (target, category, memory, enforce_timeout, clock, added_on, status, timedout)
+              select target, 'file', false, false, now(), (now() at time zone 'UTC') - age, 'pending', false
+              from (values ('stuck.exe', interval '3 hours'), ('fresh.exe', interval '40 min')) v(target, age)
+              order by age desc""")
+
+
 def count(db: Database, where: str) -> int:
     return int(db.sql(f"select count(*) from tasks where {where}"))
 

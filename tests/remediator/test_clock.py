@@ -9,17 +9,12 @@ from pathlib import Path
 from remediator.config import load_setup
 from tests.exporter.helpers import collect, value
 from tests.exporter.test_config import run_cli
-from tests.remediator.kit import Site, execute, shipped
+from tests.remediator.kit import Site, execute, seed_cape_utc_on, shipped
 from tests.services import PostgresServer
 
 
 def seed_utc_rows_on_new_york(site: Site) -> None:
-    site.cape.load("cape.sql")
-    site.cape.sql(f"alter database {site.cape.name} set timezone = 'America/New_York'")
-    site.cape.sql("""insert into tasks (target, category, memory, enforce_timeout, clock, added_on, status, timedout)
-                     select target, 'file', false, false, now(), (now() at time zone 'UTC') - age, 'pending', false
-                     from (values ('stuck.exe', interval '3 hours'), ('fresh.exe', interval '40 min')) v(target, age)
-                     order by age desc""")
+    seed_cape_utc_on(site.cape, "America/New_York")
 
 
 def check_connect(site: Site, extra: str = "") -> tuple[int, str]:

@@ -29,6 +29,7 @@ from tests.remediator.kit import (
     execute,
     payload,
     seed_cape,
+    seed_cape_utc_on,
     settled,
     shipped,
 )
@@ -104,12 +105,7 @@ async def test_cape_targets_are_what_the_exporter_counts_in_a_database_on_shangh
         site: Site, pg: PostgresServer) -> None:
     """CAPE writes UTC; the database's TimeZone is Asia/Shanghai; the system says `timezone: UTC`.
     A task pending for 40 minutes is not stuck for either process; one pending for 3 hours is."""
-    site.cape.load("cape.sql")
-    site.cape.sql(f"alter database {site.cape.name} set timezone = 'Asia/Shanghai'")
-    site.cape.sql("""insert into tasks (target, category, memory, enforce_timeout, clock, added_on, status, timedout)
-                     select target, 'file', false, false, now(), (now() at time zone 'UTC') - age, 'pending', false
-                     from (values ('stuck.exe', interval '3 hours'), ('fresh.exe', interval '40 min')) v(target, age)
-                     order by age desc""")
+    seed_cape_utc_on(site.cape, "Asia/Shanghai")
     setup, _ = shipped(site, pg)
     config = site.tmp / "taskmedic.yml"
     config.write_text(config.read_text().replace("    profile: cape\n", "    profile: cape\n    timezone: UTC\n", 1))
