@@ -28,6 +28,7 @@ import psutil
 import redis
 
 from bench import harbor as bench_harbor
+from bench import liveness as bench_liveness
 from bench import remediator as bench_remediator
 from deploy.local.servers import PostgresServer, RedisServer, free_port, running, tempdir, wait_http
 from taskmedic.archive import check_file
@@ -341,6 +342,8 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
         lines.append(zip_data_report(results["zip_data"])[0])
     if "harbor" in results:
         lines.append(bench_harbor.report_line(results["harbor"]))
+    if "celery_kill" in results:
+        lines += bench_liveness.report_lines(results)
     lines.append(f"| exporter RSS at rest (CAPE + Celery + disk) | **{results['rss']['at_rest_mb']:.1f} MB**; "
                  f"serving the scrape benchmark {s['taskmedic_rss_mb']:.1f} MB | < 60 MB |")
     remediator = bench_remediator.report_lines(results["remediator"]) if "remediator" in results else []
@@ -360,6 +363,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
               "live twin; the kill falls at a random point of the 5 s heartbeat cycle. A pool is dead 10 s after "
               "its last heartbeat (gocraft's deadTime), which was 0-5 s before the kill: detection is expected "
               "5-11 s after it, plus up to one collection interval.",
+              *([bench_liveness.HOW] if "celery_kill" in results else []),
               "- Zip: a ZIP64 archive of random data written by Python's zipfile, checked by `taskmedic.archive`"
               " (tail read only) with tracemalloc measuring peak allocation, versus `unzip -tqq`.",
               *([zip_data_report(results["zip_data"])[1]] if "zip_data" in results else []),
@@ -402,6 +406,9 @@ def main() -> None:
         results["harbor"] = bench_harbor.measure(tmp, pg, rs)
         print(results["harbor"], flush=True)
         print(results["redis"], results["rss"], flush=True)
+        print("celery and scanner kill → detect ...", flush=True)
+        results |= bench_liveness.measure(tmp, pg, rs)
+        print({k: results[k] for k in bench_liveness.KEYS}, flush=True)
         if not args.skip_zip:
             print("zip ...", flush=True)
             results["zip"] = bench_zip(tmp, args.zip_gb)

@@ -39,6 +39,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "tasks.history_interval (5m by default).", ("system", "status")),
     Family("taskmedic_stuck_tasks", f"Tasks judged stuck, per status and reason. {_SYSTEM}",
            ("system", "status", "reason")),
+    Family("taskmedic_judgement_trusted", "1 when the system's stuck rules could be judged from their "
+           "evidence; 0 when not (no Celery worker answered, live rows dated in the future): its stuck "
+           f"counts then read 0 and the remediator refuses to act on it. {_SYSTEM}", ("system",)),
+    Family("taskmedic_clock_skew_seconds", "How far in the future the newest live task is dated, by the "
+           f"database's clock (0 when none is): timestamps read in the wrong zone. {_SYSTEM}", ("system",)),
     Family("taskmedic_task_oldest_age_seconds", "Age of the oldest task in a live status, by the "
            f"database's clock (0 when none). {_SYSTEM}", ("system", "status")),
     Family("taskmedic_queue_depth", f"Messages waiting in a queue, priority sub-queues included. {_SYSTEM}",

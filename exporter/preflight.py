@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
 from typing import Any
 
 from exporter.config import ExporterConfig
-from taskmedic.config.model import redact
+from taskmedic.config.model import System, TaskTable, redact
 from taskmedic.connections import Connections
-from taskmedic.detection.sql import build_live_query
+from taskmedic.detection.celery_workers import MISSING
+from taskmedic.detection.sql import build_live_query, source_sql
 from taskmedic.logs import scrub
 
 
@@ -50,6 +52,9 @@ async def preflight(config: ExporterConfig, file: str) -> int:
                                       "cost bound to live tasks (fine while the table is small)")
                             else:
                                 print(f"{name}: database {where}: reachable; live query uses indexes")
+                            warning = await zone_warning(conn, system)
+                            if warning:
+                                print(f"{file}: systems.{name}: warning: {warning}", file=sys.stderr)
                 except Exception as e:  # report every unreachable source, not just the first
                     problems += 1
                     print(f"{file}: systems.{name}.database: cannot query {where}: {type(e).__name__}: {scrub(str(e))}",
@@ -63,10 +68,44 @@ async def preflight(config: ExporterConfig, file: str) -> int:
                     problems += 1
                     print(f"{file}: systems.{name}.redis: cannot reach {where}: {type(e).__name__}: {scrub(str(e))}",
                           file=sys.stderr)
-        problems += check_paths(config, file)
+        problems += check_paths(config, file) + check_celery(config, file)
     finally:
         await connections.close()
     return 1 if problems else 0
+
+
+def timestamp_columns(tasks: TaskTable) -> set[str]:
+    """The columns ages are measured from."""
+    return set(tasks.age_columns.values()) | {r.age for r in tasks.stuck.values() if r.age}
+
+
+async def zone_warning(conn: Any, system: System) -> str | None:
+    """Naive timestamp columns read in a server TimeZone that is not UTC, with no `timezone:` set:
+    the ages are right only if the application writes local time in that very zone (CAPE writes
+    UTC by default), and are otherwise off by the zone's offset."""
+    assert system.tasks is not None
+    if system.timezone is not None:
+        return None
+    stmt = await conn.prepare(f"select * from {source_sql(system.tasks)} as src limit 0")
+    wanted = timestamp_columns(system.tasks)
+    naive = sorted(a.name for a in stmt.get_attributes() if a.name in wanted and a.type.name == "timestamp")
+    zone = await conn.fetchval("show timezone")
+    if not naive or zone in ("UTC", "Etc/UTC", "GMT", "Etc/GMT", "Zulu", "UCT"):
+        return None
+    return (f"{', '.join(naive)} {'is' if len(naive) == 1 else 'are'} `timestamp without time zone`, read in the "
+            f"server's TimeZone {zone!r}; no `timezone:` is set. If the application writes them in another zone "
+            "(CAPE: UTC unless cuckoo.conf says otherwise), ages are off by the difference: set `timezone:` "
+            "to the zone they are written in")
+
+
+def check_celery(config: ExporterConfig, file: str) -> int:
+    """A `celery_active` rule asks workers through Celery itself, an optional extra."""
+    needing = [f"systems.{n}.tasks.stuck.{r}" for n, s in config.systems.items() if s.tasks is not None
+               for r, rule in s.tasks.stuck.items() if rule.celery_active is not None]
+    if not needing or importlib.util.find_spec("celery") is not None:
+        return 0
+    print(f"{file}: {needing[0]}: {MISSING}", file=sys.stderr)
+    return 1
 
 
 def check_paths(config: ExporterConfig, file: str) -> int:

@@ -41,6 +41,7 @@ systems:
   timesketch:
     profile: timesketch
     database: {dsn("timesketch")}
+    redis: {rs.url(3)}   # Timesketch's Celery broker: its workers are asked what they import
     interval: 1s
   harbor:
     profile: harbor
@@ -51,10 +52,6 @@ systems:
     profile: scanner
     database: {dsn("scanner")}
     interval: 1s
-    tasks:
-      stuck:
-        process_gone:
-          process_match: scan-engine   # what the demo's engines have in their argv
   celery:
     profile: celery
     redis: {rs.url(1)}

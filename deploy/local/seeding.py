@@ -3,9 +3,13 @@ healthy-but-slow work that must never be touched, written in each system's real 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,11 +71,26 @@ class Seeding:
                                        started="localtimestamp - interval '1 hour'"))
 
     def seed_timesketch(self) -> None:
-        for name, age in (("orphaned", "4 hours"), ("importing", "10 minutes")):
+        """An import whose worker died, and a 3-hour import on a live Celery worker (older than any
+        age threshold, alive all the same)."""
+        from celery import Celery
+
+        broker = self.rs.url(3)
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "deploy.local.timesketch_worker", "worker",
+                                   "--pool=prefork", "--concurrency=1", "--loglevel=error", "--without-mingle",
+                                   "--without-gossip"], env={**os.environ, "TIMESKETCH_BROKER": broker},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                                  start_new_session=True)
+        self.engines.append(worker)
+        api = Celery("timesketch-api", broker=broker, set_as_current=False)
+        for name, age in (("orphaned", "4 hours"), ("importing", "3 hours")):
             tid = self.sql("timesketch", f"insert into timeline (name, created_at, updated_at) values "
                                          f"('{name}', now(), now()) returning id").splitlines()[0]
             self.sql("timesketch", f"insert into timeline_status (status, parent_id, created_at, updated_at) "
                                    f"values ('processing', {tid}, now() - interval '{age}', now() - interval '{age}')")
+            if name == "importing":
+                api.send_task("timesketch.lib.tasks.run_plaso",
+                              args=["/var/lib/timesketch/upload/big.plaso", "", name, f"index{tid}", "plaso", int(tid)])
 
     def seed_harbor(self) -> None:
         """S3's 52-hour shape (deploy/local/harbor_shape.py): a dead pool holding the EXECUTION_SWEEP lock,
@@ -124,7 +143,11 @@ class Seeding:
             r.zadd(RQ_STARTED, {job: time.time() + lease})
 
     def stop_engines(self) -> None:
+        """Kill every seeded process and whatever it started (a Celery worker's pool children)."""
         for engine in self.engines:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if engine.poll() is None and os.getpgid(engine.pid) == engine.pid:
+                    os.killpg(engine.pid, signal.SIGKILL)
             engine.kill()
 
     def seed(self) -> list[Incident]:
@@ -138,7 +161,7 @@ class Seeding:
         return [
             Incident("S1 CAPE pending pile-up", "cape", "pending_too_long", lambda: self.sql(
                 "cape", "select count(*) from tasks where status = 'pending' and target = 'stuck.exe'") == "0"),
-            Incident("S2 Timesketch timeline orphaned in processing", "timesketch", "running_too_long",
+            Incident("S2 Timesketch timeline orphaned in processing", "timesketch", "worker_gone",
                      lambda: self.sql("timesketch", "select s.status from timeline t join lateral (select status "
                                       "from timeline_status where parent_id = t.id order by id desc limit 1) s "
                                       "on true where t.name = 'orphaned'") == "fail"),

@@ -29,6 +29,8 @@
     stuckTasksNotHealedFor: '1h',
     oldestPendingSeconds: 2 * 3600,
     oldestPendingFor: '15m',
+    // Unknown liveness or a wrong zone: stuck counts cannot be trusted (and nothing is repaired).
+    judgementUntrustedFor: '10m',
     waitingStatusRegex: '(?i)pending|scheduled|queued|new|runnable',
 
     // Queues.

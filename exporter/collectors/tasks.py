@@ -10,6 +10,7 @@ them with psutil or the live set in Redis. The rules themselves (SQL and judges)
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -21,8 +22,12 @@ from exporter.metrics import Sample, sample
 from taskmedic.config.model import StuckRule, TaskTable
 from taskmedic.connections import Connections
 from taskmedic.detection import harbor
+from taskmedic.detection.base import JudgementUnknown
 from taskmedic.detection.judges import compile_match, judge
-from taskmedic.detection.sql import LiveQuery, build_live_query, build_terminal_query
+from taskmedic.detection.progress import ProgressTracker
+from taskmedic.detection.sql import LiveQuery, build_live_query, build_terminal_query, clock_problem, clock_skew
+
+log = logging.getLogger("taskmedic.exporter.tasks")
 
 
 @dataclass
@@ -33,6 +38,8 @@ class TaskCollector(SystemCollector):
     _terminal: dict[str, int] = field(default_factory=dict)
     _terminal_at: float = float("-inf")
     _patterns: dict[str, re.Pattern[str] | None] = field(default_factory=dict)
+    _doubts: list[str] = field(default_factory=list)
+    _progress: ProgressTracker = field(default_factory=ProgressTracker)
     _blocking: BlockingCalls = field(default_factory=BlockingCalls, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +77,8 @@ class TaskCollector(SystemCollector):
         out: list[Sample] = []
         by_branch = {r["branch"]: r for r in rows}
         stuck: dict[str, int] = {}
+        skew = clock_skew(rows)
+        doubts = [p for p in [clock_problem(skew, self.tasks)] if p]
         for i, status in enumerate(self.tasks.live):
             row = by_branch[i]
             out.append(sample("taskmedic_tasks", row["n"], system=system, status=status))
@@ -78,8 +87,17 @@ class TaskCollector(SystemCollector):
                                   system=system, status=status))
             for j, (reason, rule) in enumerate(self._live.rules):
                 if rule.status == status:
-                    stuck[reason] = (judged[reason] if reason in judged
-                                     else await self._judge(reason, rule, row[f"r{j}"]))
+                    try:
+                        stuck[reason] = (judged[reason] if reason in judged
+                                         else await self._judge(reason, rule, row[f"r{j}"]))
+                    except JudgementUnknown as e:
+                        doubts.append(f"{reason}: {e}")
+        if doubts != self._doubts:  # said once when it starts or changes, not every cycle
+            for doubt in doubts:
+                log.warning("judgement not trusted", extra={"system": system, "why": doubt})
+            self._doubts = doubts
+        out.append(sample("taskmedic_judgement_trusted", 0 if doubts else 1, system=system))
+        out.append(sample("taskmedic_clock_skew_seconds", skew, system=system))
         for status in self.tasks.terminal:
             out.append(sample("taskmedic_tasks", self._terminal.get(status, 0), system=system, status=status))
         for reason, rule in self.tasks.stuck.items():
@@ -91,7 +109,7 @@ class TaskCollector(SystemCollector):
         if rule.kind == "age":
             return int(value or 0)
         verdicts = await judge(rule, list(value or []), self.system, self.connections, self._blocking.run,
-                               self._patterns[reason])
+                               self._patterns[reason], self._progress)
         return sum(verdicts)
 
 

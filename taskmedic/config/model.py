@@ -148,6 +148,32 @@ class HarborJobService(Model):
     dead_after: Duration = Field(default=10.0, gt=0)  # gocraft's deadTime: a pool's heartbeat older is dead
 
 
+class TaskArgument(Model):
+    """Where a Celery task's arguments name the row it works on: a position in `args` (0-based)
+    and/or a keyword in `kwargs` (a task may be sent either way)."""
+
+    position: int | None = Field(default=None, ge=0)
+    keyword: str | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> TaskArgument:
+        if self.position is None and self.keyword is None:
+            raise ValueError("set position (in args), keyword (in kwargs), or both")
+        return self
+
+
+class CeleryActive(Model):
+    """A row is alive while a live Celery worker reports one of `tasks` working on it (`celery
+    inspect active`, plus tasks a worker has reserved) or such a task waits in one of `queues`.
+    No worker answering within `timeout` is *unknown*: nothing is judged stuck."""
+
+    tasks: dict[str, TaskArgument] = Field(min_length=1)  # task name → where its args name the row
+    column: Identifier = "id"  # the row's column those arguments carry
+    broker: RedisUrl | None = None  # default: the system's `redis`
+    queues: list[str] = Field(default_factory=lambda: ["celery"])
+    timeout: Duration = 1.0
+
+
 class StuckRule(Model):
     """One way a task can be stuck; exactly one kind of check per rule.
 
@@ -155,6 +181,7 @@ class StuckRule(Model):
     - process check: `pid` column names a process that is gone (or does not match);
     - worker check: `worker` column names a worker missing from `live_workers`;
     - job service check (Harbor): `harbor_job_service`, see HarborJobService.
+    - celery check: no live Celery worker reports a task on the row (`celery_active`).
     """
 
     status: str
@@ -165,9 +192,13 @@ class StuckRule(Model):
     process_match: Regex | None = None
     engine: str | None = None  # with pid: the engine's executable (taskmedic.processes.judge_engine)
     owner: str | None = None  # with engine: the user (or uid) the engine runs as
+    # with engine: judge progress, not presence: stuck when the engine is alive but has gained no
+    # CPU time for this long (reason no_progress); its gone engines are left to process_gone
+    progress_window: Duration | None = None
     worker: Identifier | None = None
     live_workers: LiveWorkers | None = None
     harbor_job_service: HarborJobService | None = None
+    celery_active: CeleryActive | None = None
     min_age: Duration = 0.0
     where: str | None = None
 
@@ -176,10 +207,11 @@ class StuckRule(Model):
         kinds = [k for k, on in (("max_age", self.max_age is not None or self.max_age_sql is not None),
                                  ("pid", self.pid is not None),
                                  ("worker", self.worker is not None),
-                                 ("harbor", self.harbor_job_service is not None)) if on]
+                                 ("harbor", self.harbor_job_service is not None),
+                                 ("celery", self.celery_active is not None)) if on]
         if len(kinds) != 1:
             raise ValueError("set exactly one check: max_age (or max_age_sql) with age, pid, worker, "
-                             "or harbor_job_service")
+                             "harbor_job_service or celery_active")
         if self.max_age is not None and self.max_age_sql is not None:
             raise ValueError("set max_age or max_age_sql, not both")
         if kinds[0] == "max_age" and self.age is None:
@@ -193,18 +225,22 @@ class StuckRule(Model):
         if kinds[0] == "harbor" and (self.where or self.age):
             raise ValueError("a harbor_job_service check reads Harbor's execution and task tables itself "
                              "(min_age counts from execution.start_time): drop `where` and `age`")
+        if self.progress_window is not None and self.engine is None:
+            raise ValueError("progress_window judges the engine's CPU time: set engine (and pid)")
         if self.min_age and self.age is None and kinds[0] != "harbor":
             raise ValueError("min_age needs `age`: the timestamp column to measure from")
         return self
 
     @property
-    def kind(self) -> Literal["age", "pid", "worker", "harbor"]:
+    def kind(self) -> Literal["age", "pid", "worker", "harbor", "celery"]:
         if self.harbor_job_service is not None:
             return "harbor"
         if self.pid is not None:
             return "pid"
         if self.worker is not None:
             return "worker"
+        if self.celery_active is not None:
+            return "celery"
         return "age"
 
 
@@ -221,6 +257,9 @@ class TaskTable(Model):
     stuck: dict[Name, StuckRule] = Field(default_factory=dict)
     history_interval: Duration = 300.0  # terminal statuses are counted this often
     max_rows_checked: int = Field(default=10_000, gt=0)  # cap on rows fetched for pid/worker checks
+    # Live rows dated further in the future than this mean their timestamps are read in the wrong
+    # zone (or a clock is off): ages cannot be trusted, and nothing is repaired.
+    clock_tolerance: Duration = 300.0
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskTable:
@@ -284,6 +323,11 @@ class System(Model):
             redis_rules = [r for r in self.tasks.stuck.values() if r.kind in ("worker", "harbor")]
             if redis_rules and self.redis is None:
                 raise ValueError("a worker or job service check reads liveness from Redis: set `redis`")
+            brokerless = [r for r in self.tasks.stuck.values()
+                          if r.celery_active is not None and r.celery_active.broker is None]
+            if brokerless and self.redis is None:
+                raise ValueError("a celery_active check asks workers over the broker: set `redis` "
+                                 "(or celery_active.broker)")
         return self
 
 

@@ -17,6 +17,12 @@ class TargetsRefused(Exception):
     """The labels name nothing configured, or the rule cannot be judged from here: do nothing."""
 
 
+class JudgementUnknown(Exception):
+    """The evidence a rule needs is missing (no worker answered, rows dated in the future): the
+    rule judges nothing stuck, the exporter says so (`taskmedic_judgement_trusted` 0) and the
+    remediator refuses to act."""
+
+
 @dataclass(frozen=True)
 class Inventory:
     """The configuration sections targets are looked up in: the same ones the exporter watches."""

@@ -1,9 +1,10 @@
-"""Judging the candidates of pid and worker checks, outside SQL: is the engine process still
-there, is the worker still alive. The exporter counts what these return; the remediator acts on it.
+"""Judging the candidates of pid, worker and celery checks, outside SQL: is the engine process
+still there (and progressing), is the worker still alive. The exporter counts what these return;
+the remediator acts on it.
 
-Seam: `process_gone` is today's rule (the PID exists and, with `process_match`, its name or
-command line matches). The stricter engine identity (executable equality, owner, created before
-the task started) lives in `taskmedic.processes` and replaces it here, for both processes at once.
+A pid rule with `engine` judges engine identity (`taskmedic.processes`: executable, owner,
+created before the task started) and, with `progress_window`, progress (`progress`). A pid rule
+with only `process_match` keeps the older name/command-line match (`process_gone` below).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import psutil
 
 from taskmedic.config.model import StuckRule, System
 from taskmedic.connections import Connections
+from taskmedic.detection.celery_workers import working_rows
+from taskmedic.detection.progress import ProgressTracker, judge_engines
 
-RunBlocking = Callable[[Callable[[], list[bool]]], Any]  # awaitable: runs the call off the event loop
+RunBlocking = Callable[[Callable[[], Any]], Any]  # awaitable: runs the call off the event loop
 
 
 def process_gone(pid_text: str, pattern: re.Pattern[str] | None) -> bool:
@@ -59,10 +62,23 @@ def compile_match(rule: StuckRule) -> re.Pattern[str] | None:
 
 
 async def judge(rule: StuckRule, candidates: Sequence[str], system: System, connections: Connections,
-                run_blocking: RunBlocking, pattern: re.Pattern[str] | None = None) -> list[bool]:
-    """For each candidate value of a pid/worker check, whether it makes its row stuck."""
+                run_blocking: RunBlocking, pattern: re.Pattern[str] | None = None,
+                tracker: ProgressTracker | None = None, confirm: float = 0.0) -> list[bool]:
+    """For each candidate value of a pid/worker/celery check, whether it makes its row stuck
+    (JudgementUnknown when the evidence cannot be had)."""
     if not candidates:
         return []
+    if rule.celery_active is not None:
+        check = rule.celery_active
+        broker = check.broker or system.redis
+        assert broker is not None
+        url, scan = broker.get_secret_value(), max(len(candidates), 1000)
+        working: set[str] = await run_blocking(lambda: working_rows(check, url, scan))
+        return [c not in working for c in candidates]
+    if rule.kind == "pid" and rule.engine is not None:
+        values, watch = list(candidates), tracker or ProgressTracker()
+        engines: list[bool] = await run_blocking(lambda: judge_engines(values, rule, watch, confirm))
+        return engines
     if rule.kind == "pid":
         values = list(candidates)
         result: list[bool] = await run_blocking(lambda: [process_gone(p, pattern) for p in values])

@@ -43,8 +43,28 @@ def rule_predicate(rule: StuckRule, params: list[Any]) -> str:
 
 
 def judged_column(rule: StuckRule) -> str | None:
-    """The column whose value a pid or worker check judges; None for an age check."""
+    """The column whose value a pid, worker or celery check judges; None for an age check."""
+    if rule.celery_active is not None:
+        return rule.celery_active.column
     return rule.pid if rule.kind == "pid" else rule.worker if rule.kind == "worker" else None
+
+
+def _age_of(timestamp_sql: str) -> str:
+    return f"extract(epoch from now() - {timestamp_sql})::float8"
+
+
+def judged_sql(rule: StuckRule) -> str | None:
+    """The text a pid, worker or celery check judges per row: the column's value; for an engine
+    check, the PID and its task's start (epoch seconds) — `"<pid> <epoch>"`, read by
+    `judges.pid_and_start` — since a process created after its task started is not its engine."""
+    judged = judged_column(rule)
+    if judged is None:
+        return None
+    column = f"{quote_ident(judged)}::text"
+    if rule.engine is not None and rule.age is not None:
+        start = f"extract(epoch from {quote_ident(rule.age)}::timestamptz)::text"
+        return f"concat_ws(' ', {column}, {start})"
+    return column
 
 
 @dataclass(frozen=True)
@@ -58,7 +78,8 @@ class LiveQuery:
 
 def build_live_query(tasks: TaskTable) -> LiveQuery:
     """One UNION ALL branch per live status, each served by the status index: counts, the oldest
-    age, and per rule either the stuck count (age) or the capped candidate values (pid, worker)."""
+    and newest ages (a negative newest age is a row dated in the future: see `clock_skew`), and
+    per rule either the stuck count (age) or the capped candidate values (pid, worker, celery)."""
     params: list[Any] = []
     rules = list(tasks.stuck.items())
     status = quote_ident(tasks.status_column)
@@ -67,9 +88,9 @@ def build_live_query(tasks: TaskTable) -> LiveQuery:
         params.append(st)
         where = f"{status} = ${len(params)}"
         age_col = tasks.age_columns.get(st)
-        oldest = (f"extract(epoch from now() - min({quote_ident(age_col)}))::float8" if age_col
-                  else "null::float8")
-        cols = [f"{i} as branch", "count(*) as n", f"{oldest} as oldest"]
+        oldest, newest = (_age_of(f"{fn}({quote_ident(age_col)})") for fn in ("min", "max")) if age_col \
+            else ("null::float8", "null::float8")
+        cols = [f"{i} as branch", "count(*) as n", f"{oldest} as oldest", f"{newest} as newest"]
         for j, (_, rule) in enumerate(rules):
             if rule.kind == "harbor":  # judged by taskmedic.detection.harbor, not in this query
                 cols.append(f"null::bigint as r{j}")
@@ -83,7 +104,7 @@ def build_live_query(tasks: TaskTable) -> LiveQuery:
                 cols.append(f"count(*) filter (where {pred}) as r{j}")
             else:
                 column = quote_ident(judged)
-                cols.append(f"(array_agg({column}::text) filter (where {pred} and {column} is not null))"
+                cols.append(f"(array_agg({judged_sql(rule)}) filter (where {pred} and {column} is not null))"
                             f"[1:{tasks.max_rows_checked}] as r{j}")
         branches.append(f"select {', '.join(cols)} from {source_sql(tasks)} as src where {where}")
     return LiveQuery(" union all ".join(branches), params, rules)
@@ -109,10 +130,26 @@ def build_rows_query(tasks: TaskTable, rule: StuckRule, limit: int) -> tuple[str
     judged = judged_column(rule)
     if judged is not None:
         column = quote_ident(judged)
-        cols += [f"{column}", f"{column}::text as judged"]
+        cols += [f"{column}", f"{judged_sql(rule)} as judged"]
         pred += f" and {column} is not null"
     order = f" order by {quote_ident(age)}" if age else ""
     params.append(limit)
     sql = (f"select {', '.join(cols)} from {source_sql(tasks)} as src where {status} = $1 and {pred}"
            f"{order} limit ${len(params)}")
     return sql, params
+
+
+def clock_skew(rows: list[Any]) -> float:
+    """How far in the future (seconds) the newest live row of the live query's result is dated;
+    0 when none is. Rows read in the wrong zone show up here, long before their ages mislead."""
+    ahead = [-float(r["newest"]) for r in rows if r["newest"] is not None]
+    return max([0.0, *ahead])
+
+
+def clock_problem(skew: float, tasks: TaskTable) -> str | None:
+    """Why ages cannot be trusted, or None: live rows dated beyond the tolerance in the future."""
+    if skew <= tasks.clock_tolerance:
+        return None
+    return (f"live rows are dated {skew:.0f}s in the future (tolerance {tasks.clock_tolerance:g}s): their "
+            "timestamps are read in the wrong zone or a clock is off; set the system's `timezone:` to the "
+            "zone they are written in")

@@ -8,14 +8,21 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+from taskmedic import processes
 from taskmedic.config.model import StuckRule, System
 from taskmedic.connections import Connections
 from taskmedic.detection import harbor
-from taskmedic.detection.base import Inventory, Row, Targets, TargetsRefused, selected
+from taskmedic.detection.base import Inventory, JudgementUnknown, Row, Targets, TargetsRefused, selected
 from taskmedic.detection.judges import compile_match, engine_visible, judge
-from taskmedic.detection.sql import build_rows_query, judged_column
+from taskmedic.detection.progress import ProgressTracker
+from taskmedic.detection.sql import build_live_query, build_rows_query, clock_problem, clock_skew, judged_column
 
 T = TypeVar("T")
+
+# What this process has seen of engines' CPU time, and how long an engine it has not watched for a
+# whole progress window is sampled at action time (see taskmedic.detection.progress).
+TRACKER = ProgressTracker()
+ACTION_TIME_SAMPLE = 3.0
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:
@@ -36,13 +43,26 @@ async def stuck_targets(system_name: str, system: System, reason: str, connectio
     sql, params = build_rows_query(tasks, rule, fetch)
     pool = await connections.pg(system.database, system.timezone, system.timeout)
     async with pool.acquire() as conn:
+        live = build_live_query(tasks)
+        problem = clock_problem(clock_skew(await conn.fetch(live.sql, *live.params)), tasks)
+        if problem is not None:
+            raise TargetsRefused(f"{system_name}: {problem}")
         rows = [dict(r) for r in await conn.fetch(sql, *params)]
     if judged is None:
         return rows
     pattern = compile_match(rule)
-    verdicts = await judge(rule, [r["judged"] for r in rows], system, connections, _in_thread, pattern)
+    try:
+        verdicts = await judge(rule, [r["judged"] for r in rows], system, connections, _in_thread, pattern,
+                               TRACKER, ACTION_TIME_SAMPLE)
+    except JudgementUnknown as e:
+        raise TargetsRefused(f"{system_name}/{reason}: unknown, so nothing is judged stuck: {e}") from None
     stuck = [{k: v for k, v in r.items() if k != "judged"} for r, gone in zip(rows, verdicts, strict=True) if gone]
-    if rule.kind == "pid" and pattern is not None and stuck and len(stuck) == len(rows) \
+    all_gone = bool(stuck) and len(stuck) == len(rows)
+    if rule.kind == "pid" and rule.engine is not None and rule.progress_window is None and all_gone \
+            and not await asyncio.to_thread(processes.visible_engines, rule.engine, rule.owner):
+        raise TargetsRefused(f"{system_name}/{reason}: no process running the engine {rule.engine!r} is visible "
+                             "from here, so every task would look gone; run where the engines' PIDs are visible")
+    if rule.kind == "pid" and pattern is not None and all_gone \
             and not await asyncio.to_thread(engine_visible, pattern):
         raise TargetsRefused(f"{system_name}/{reason}: no process matching {rule.process_match!r} is visible "
                              "from here, so every task would look gone; run where the engines' PIDs are visible")

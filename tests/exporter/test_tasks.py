@@ -11,7 +11,9 @@ import redis
 
 from deploy.local.harbor_shape import P, seed_52_hour_shape
 from tests.conftest import Database
+from tests.engines import engine_program, reaped, start_engine
 from tests.exporter.helpers import collect, value
+from tests.workers.celery_run import answers, celery_worker, wait_until
 
 CAPE_INSERT = ("insert into tasks (target, category, memory, enforce_timeout, clock, added_on, started_on, status,"
                " timeout, timedout) select 'x.exe', 'file', false, false, localtimestamp, {added}, {started},"
@@ -38,6 +40,17 @@ async def test_cape_pending_pileup_is_counted_as_stuck(db: Database, tmp: Path) 
     assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long", status="pending") == 5
     age = value(r, "taskmedic_task_oldest_age_seconds", status="pending")
     assert age is not None and 3 * 86400 - 60 < age < 3 * 86400 + 60
+
+
+async def test_cape_analyses_waiting_an_hour_for_the_processor_are_processing_stalled(db: Database, tmp: Path) -> None:
+    db.load("cape.sql")
+    seed_cape(db, 3, "completed", "localtimestamp - interval '4 hours'")
+    db.sql("update tasks set completed_on = localtimestamp - interval '2 hours' where id <= 2")
+    db.sql("update tasks set completed_on = localtimestamp - interval '5 minutes' where id = 3")  # being processed
+    r = (await collect(tmp, cape_config(db)))["tasks:cape"]
+    assert value(r, "taskmedic_stuck_tasks", reason="processing_stalled", status="completed") == 2
+    assert value(r, "taskmedic_judgement_trusted", system="cape") == 1
+    assert value(r, "taskmedic_clock_skew_seconds", system="cape") == 0
 
 
 async def test_cape_every_status_and_reason_is_exported_as_zero(db: Database, tmp: Path) -> None:
@@ -99,18 +112,22 @@ def seed_timeline(db: Database, statuses: list[tuple[str, str]], detach: bool = 
                f"values ('{status}', {parent}, now() - interval '{age}')")
 
 
-async def test_timesketch_processing_timeline_is_judged_by_its_latest_status(db: Database, tmp: Path) -> None:
+async def test_timesketch_processing_timeline_is_judged_by_its_latest_status(db: Database, tmp: Path,
+                                                                             redis_url: str) -> None:
     db.load("timesketch.sql")
     seed_timeline(db, [("new", "5 hours"), ("processing", "4 hours")])  # orphaned by a dead worker
     seed_timeline(db, [("new", "5 hours"), ("processing", "4 hours"), ("ready", "3 hours")])  # finished
-    seed_timeline(db, [("processing", "20 minutes")])  # importing a large file, healthy
+    seed_timeline(db, [("processing", "20 seconds")])  # just handed to Celery: within the grace
     # written by an older Timesketch that left its history attached: the newest row counts
     seed_timeline(db, [("processing", "6 hours"), ("ready", "5 hours")], detach=False)
-    r = (await collect(tmp, f"systems:\n  ts:\n    profile: timesketch\n    database: {db.dsn}\n"))["tasks:ts"]
+    with celery_worker(redis_url, "idle", "idle", tmp):  # alive, importing none of them
+        wait_until(lambda: answers(redis_url), 60, "the worker to answer")
+        r = (await collect(tmp, f"systems:\n  ts:\n    profile: timesketch\n    database: {db.dsn}\n"
+                                f"    redis: {redis_url}\n"))["tasks:ts"]
     assert r.up, r.error
     assert value(r, "taskmedic_tasks", status="processing") == 2
     assert value(r, "taskmedic_tasks", status="ready") == 2
-    assert value(r, "taskmedic_stuck_tasks", reason="running_too_long", status="processing") == 1
+    assert value(r, "taskmedic_stuck_tasks", reason="worker_gone", status="processing") == 1
 
 
 def harbor_config(db: Database, redis_url: str) -> str:
@@ -150,26 +167,26 @@ async def test_harbor_liveness_is_unknown_when_the_job_service_redis_is_down(db:
 
 async def test_scanner_zombie_engine_is_process_gone(db: Database, tmp: Path) -> None:
     db.load("scanner.sql")
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    program = engine_program(tmp)
+    alive, dead = start_engine(program), start_engine(program)
+    dead.kill()
     dead.wait()
-    try:
+    with reaped(alive):
         db.sql(f"insert into scan_tasks (target, state, engine_pid, started_at) values "
-               f"('a', 'Running', {alive.pid}, now() - interval '2 hours'), "
+               f"('a', 'Running', {alive.pid}, now()), "  # started just after its engine
                f"('b', 'Running', {dead.pid}, now() - interval '2 hours'), "
-               f"('c', 'Running', {dead.pid}, now() - interval '1 second'), "  # just started: not judged
                f"('d', 'Runnable', null, null)")
         db.sql("update scan_tasks set updated_at = now() - interval '2 hours' where target = 'd'")
-        r = (await collect(tmp, f"systems:\n  scan:\n    profile: scanner\n    database: {db.dsn}\n"))["tasks:scan"]
+        config = (f"systems:\n  scan:\n    profile: scanner\n    database: {db.dsn}\n"
+                  "    tasks:\n      stuck:\n        process_gone: {min_age: 0s}\n")
+        r = (await collect(tmp, config))["tasks:scan"]
         assert r.up, r.error
         assert value(r, "taskmedic_stuck_tasks", reason="process_gone", status="Running") == 1
         assert value(r, "taskmedic_stuck_tasks", reason="pending_too_long", status="Runnable") == 1
         alive.kill()
         alive.wait()
-        r = (await collect(tmp, f"systems:\n  scan:\n    profile: scanner\n    database: {db.dsn}\n"))["tasks:scan"]
+        r = (await collect(tmp, config))["tasks:scan"]
         assert value(r, "taskmedic_stuck_tasks", reason="process_gone") == 2
-    finally:
-        alive.kill()
 
 
 async def test_process_match_treats_a_reused_pid_as_gone(db: Database, tmp: Path) -> None:

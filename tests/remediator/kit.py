@@ -79,6 +79,17 @@ def seed_cape(db: Database, stale: int = 5, fresh: int = 2, reported: int = 0) -
             db.sql(insert.format(n=n, status=status, added=added, completed=completed))
 
 
+def seed_cape_utc_on(db: Database, zone: str) -> None:
+    """CAPE as it writes by default (naive UTC) into a database whose TimeZone is `zone`: a task
+    pending for 3 hours (stuck.exe) and one for 40 minutes (fresh.exe)."""
+    db.load("cape.sql")
+    db.sql(f"alter database {db.name} set timezone = '{zone}'")
+    db.sql("""insert into tasks (target, category, memory, enforce_timeout, clock, added_on, status, timedout)
+              select target, 'file', false, false, now(), (now() at time zone 'UTC') - age, 'pending', false
+              from (values ('stuck.exe', interval '3 hours'), ('fresh.exe', interval '40 min')) v(target, age)
+              order by age desc""")
+
+
 def count(db: Database, where: str) -> int:
     return int(db.sql(f"select count(*) from tasks where {where}"))
 
@@ -188,7 +199,7 @@ async def execute(setup: Setup, labels: dict[str, str] | None = None, dry_run: b
 SHIPPED = Path(__file__).parents[2] / "rules" / "playbooks"
 
 
-ENGINE = "scan-engine"  # what the scanner system's process_gone rule recognises as its engine
+ENGINE = "scan-engine"  # the executable the scanner system's rules recognise as its engine (tests/engines.py)
 
 
 def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str,
@@ -196,10 +207,11 @@ def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str,
     """The shipped playbooks (each through `edit`) with a config naming one system per built-in
     profile, by its name (the demo's and the README's convention)."""
     timesketch = Database(pg, pg.create_database("timesketch"))
-    systems = (f"  timesketch: {{profile: timesketch, database: '{timesketch.dsn}'}}\n"
+    systems = (f"  timesketch: {{profile: timesketch, database: '{timesketch.dsn}', redis: '{site.redis_url}'}}\n"
                f"  harbor: {{profile: harbor, database: '{site.cape.dsn}', redis: '{site.redis_url}'}}\n"
                f"  scanner: {{profile: scanner, database: '{site.cape.dsn}',\n"
-               f"            tasks: {{stuck: {{process_gone: {{process_match: '{engine}'}}}}}}}}\n"
+               f"            tasks: {{stuck: {{process_gone: {{engine: '{engine}', min_age: 0s}},\n"  # judged at once
+               f"                            no_progress: {{engine: '{engine}', min_age: 0s}}}}}}}}\n"
                f"  celery: {{profile: celery, redis: '{site.redis_url}'}}\n"
                f"  rq: {{profile: rq, redis: '{site.redis_url}'}}\n")
     books = [edit(book.read_text()) for book in sorted(SHIPPED.glob("*.yml"))]

@@ -21,6 +21,7 @@ from deploy.local.harbor_shape import seed_52_hour_shape
 from remediator.config import load_setup
 from remediator.engine import Report
 from taskmedic.config.loader import ConfigError
+from tests.engines import engine_program, reaped, start_engine
 from tests.exporter.helpers import collect, value
 from tests.remediator.kit import (
     FAIL_STALE,
@@ -32,10 +33,12 @@ from tests.remediator.kit import (
     execute,
     payload,
     seed_cape,
+    seed_cape_utc_on,
     settled,
     shipped,
 )
 from tests.services import PostgresServer, free_port, running, wait_http
+from tests.workers.celery_run import answers, celery_worker, wait_until
 
 FORGED = ({"older_than": "0 seconds"}, {"older_than": "-1 year"}, {"id": "6"}, {"pid": "1"}, {"path": "/"})
 
@@ -106,12 +109,7 @@ async def test_cape_targets_are_what_the_exporter_counts_in_a_database_on_shangh
         site: Site, pg: PostgresServer) -> None:
     """CAPE writes UTC; the database's TimeZone is Asia/Shanghai; the system says `timezone: UTC`.
     A task pending for 40 minutes is not stuck for either process; one pending for 3 hours is."""
-    site.cape.load("cape.sql")
-    site.cape.sql(f"alter database {site.cape.name} set timezone = 'Asia/Shanghai'")
-    site.cape.sql("""insert into tasks (target, category, memory, enforce_timeout, clock, added_on, status, timedout)
-                     select target, 'file', false, false, now(), (now() at time zone 'UTC') - age, 'pending', false
-                     from (values ('stuck.exe', interval '3 hours'), ('fresh.exe', interval '40 min')) v(target, age)
-                     order by age desc""")
+    seed_cape_utc_on(site.cape, "Asia/Shanghai")
     setup, _ = shipped(site, pg)
     config = site.tmp / "taskmedic.yml"
     config.write_text(config.read_text().replace("    profile: cape\n", "    profile: cape\n    timezone: UTC\n", 1))
@@ -126,20 +124,22 @@ async def test_cape_targets_are_what_the_exporter_counts_in_a_database_on_shangh
         ["stuck.exe|failed_analysis", "fresh.exe|pending"]
 
 
-async def test_timesketch_targets_are_what_the_exporter_counts(site: Site, pg: PostgresServer) -> None:
+async def test_timesketch_targets_are_what_the_exporter_counts(site: Site, pg: PostgresServer, tmp: Path) -> None:
     setup, timesketch = shipped(site, pg)
     timesketch.load("timesketch.sql")
     timesketch.sql("""insert into timeline (id, name, description) values (1, 'orphaned', ''), (2, 'slow', ''),
                         (3, 'orphaned-too', '');
                       insert into timeline_status (status, parent_id, created_at) values
-                        ('processing', 1, now() - interval '5 hours'), ('processing', 2, now() - interval '10 minutes'),
+                        ('processing', 1, now() - interval '5 hours'), ('processing', 2, now() - interval '20 seconds'),
                         ('processing', 3, now() - interval '3 hours')""")
     path = site.tmp / "taskmedic.yml"
     path.write_text(path.read_text())  # the exporter reads the very file the remediator loaded
-    labels = {"system": "timesketch", "reason": "running_too_long"}
-    _, ids = await targets_of(setup, labels, "timesketch-fail-orphaned-timelines")
-    assert ids == [1, 3]
-    assert await exporter_stuck(site, "timesketch", "running_too_long") == len(ids)
+    labels = {"system": "timesketch", "reason": "worker_gone"}
+    with celery_worker(site.redis_url, "idle", "idle", tmp):  # a live worker, importing none of them
+        wait_until(lambda: answers(site.redis_url), 60, "the worker to answer")
+        _, ids = await targets_of(setup, labels, "timesketch-fail-orphaned-timelines")
+        assert ids == [1, 3]
+        assert await exporter_stuck(site, "timesketch", "worker_gone") == len(ids)
 
 
 async def test_harbor_targets_are_what_the_exporter_counts(site: Site, pg: PostgresServer) -> None:
@@ -158,21 +158,18 @@ async def test_harbor_targets_are_what_the_exporter_counts(site: Site, pg: Postg
 async def test_scanner_targets_are_what_the_exporter_counts(site: Site, pg: PostgresServer) -> None:
     setup, _ = shipped(site, pg)
     site.cape.load("scanner.sql")
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "scan-engine"])
-    dead = subprocess.Popen([sys.executable, "-c", "pass", "scan-engine"])
+    program = engine_program(site.tmp)
+    alive, dead = start_engine(program), start_engine(program)
+    dead.kill()
     dead.wait()
-    try:
+    with reaped(alive):
         site.cape.sql(f"""insert into scan_tasks (id, target, state, engine_pid, started_at) values
                             (1, 'zombie', 'Running', {dead.pid}, now() - interval '1 hour'),
-                            (2, 'alive', 'Running', {alive.pid}, now() - interval '1 hour'),
-                            (3, 'young', 'Running', {dead.pid}, now())""")
+                            (2, 'alive', 'Running', {alive.pid}, now())""")
         report, ids = await targets_of(setup, {"system": "scanner", "reason": "process_gone"},
                                        "scanner-terminate-zombies")
         assert ids == [1], report.error
         assert await exporter_stuck(site, "scanner", "process_gone") == len(ids)
-    finally:
-        alive.kill()
-        alive.wait()
 
 
 def remediator_check(path: Path) -> subprocess.CompletedProcess[str]:

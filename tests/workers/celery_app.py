@@ -16,3 +16,11 @@ app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, broker_connec
 def slow(seconds: float) -> str:
     time.sleep(seconds)
     return "done"
+
+
+@app.task(name="timesketch.lib.tasks.run_plaso")
+def run_plaso(file_path: str, events: str, timeline_name: str, index_name: str, source_type: str,
+              timeline_id: int) -> str:
+    """Timesketch's import task, by name and signature (timesketch/lib/tasks.py): a long import."""
+    time.sleep(3600)
+    return index_name

@@ -40,6 +40,8 @@ local lib = import '../lib.libsonnet';
               {{- else if eq $labels.reason "process_gone" }}the process that ran them no longer exists; they are zombies holding concurrency slots.
               {{- else if eq $labels.reason "heartbeat_lost" }}their worker stopped sending heartbeats.
               {{- else if eq $labels.reason "worker_gone" }}no live worker has them in progress: the worker (pool) running them stopped heartbeating or is no longer registered.
+              {{- else if eq $labels.reason "processing_stalled" }}their analysis finished but the processor has not picked them up within the profile's threshold; CAPE's processing (utils/process.py) is down or hung, so recent analyses stop updating.
+              {{- else if eq $labels.reason "no_progress" }}their engine process is alive but has gained no CPU time within the profile's progress window; it hangs.
               {{- else if eq $labels.reason "unacked_too_long" }}Celery delivered them to a worker that never acknowledged them within the visibility timeout; kombu only restores them when a consumer runs its restore pass.
               {{- else if eq $labels.reason "abandoned" }}they sit in RQ's started registry past their expiry; the worker that ran them is gone and nothing will finish them.
               {{- else }}see the exporter's profile for this reason.{{ end }}
@@ -78,6 +80,23 @@ local lib = import '../lib.libsonnet';
               waiting for {{ $value | humanizeDuration }} (threshold %s). Workers are not picking up
               work: full disk, dead workers, or a concurrency limit eaten by stuck tasks.
             ||| % lib.duration(c.oldestPendingSeconds),
+          ),
+          lib.alert(
+            c,
+            'TaskmedicJudgementUntrusted',
+            |||
+              taskmedic_judgement_trusted{%(exporterSelector)s} == 0
+            ||| % c,
+            c.judgementUntrustedFor,
+            'warning',
+            '{{ $labels.system }}: stuck tasks cannot be judged; the remediator refuses to act on it',
+            |||
+              The exporter cannot judge the tasks of system {{ $labels.system }} from their evidence
+              (reported by {{ $labels.instance }}): no Celery worker answers over the broker, or live rows
+              are dated in the future (taskmedic_clock_skew_seconds: timestamps read in the wrong zone).
+              Its stuck counts may read 0 while tasks are stuck, and the remediator refuses every playbook
+              on it until this resolves. The exporter's log says which.
+            |||,
           ),
         ],
       },
