@@ -18,7 +18,8 @@ _QUEUES = ("taskmedic_queue_depth", "taskmedic_queue_unacked", "taskmedic_queue_
 _TASK_COUNTS = ("taskmedic_tasks", "taskmedic_stuck_tasks")
 
 REGISTRY: dict[str, Kind] = {
-    "tasks": Kind(tasks.build, (*_TASK_COUNTS, "taskmedic_task_oldest_age_seconds")),
+    "tasks": Kind(tasks.build, (*_TASK_COUNTS, "taskmedic_task_oldest_age_seconds", "taskmedic_judgement_trusted",
+                                "taskmedic_clock_skew_seconds")),
     "celery": Kind(celery.build, (*_QUEUES, *_TASK_COUNTS)),
     "rq": Kind(rq.build, (*_QUEUES, *_TASK_COUNTS)),
     "harbor": Kind(harbor.build, _QUEUES),
