@@ -24,9 +24,9 @@ from typing import Any
 import asyncpg
 from redis.exceptions import RedisError
 
+from remediator.alert import AlertInfo, Outcome
 from remediator.config import TARGETS, Check, Playbook, RedisCheck, SqlCheck, Step
 from remediator.labels import templates
-from remediator.matching import AlertInfo
 from remediator.steps import STEP_TYPES, Refused, RunContext, StepFailed, StepResult, Transactions
 from remediator.steps.base import Row, TargetRows, reads_targets
 from remediator.steps.sql import as_text, fetch_at_most
@@ -63,7 +63,7 @@ def kept_effects(records: list[StepRecord]) -> str:
 
 @dataclass
 class Report:
-    outcome: str
+    outcome: Outcome
     steps: list[StepRecord] = field(default_factory=list)
     error: str | None = None
     dry_run: bool = False
@@ -197,7 +197,7 @@ class Engine:
                             f"({report.targets.subject}): {shown}")
 
     async def _steps(self, playbook: Playbook, variables: dict[str, Any], dry_run: bool,
-                     records: list[StepRecord], run_id: int | None) -> tuple[str, str | None]:
+                     records: list[StepRecord], run_id: int | None) -> tuple[Outcome, str | None]:
         transactions = Transactions(self.connections, self.statement_timeout)
         ctx = RunContext(playbook=playbook.name, variables=variables, dry_run=dry_run, systems=self.systems,
                          connections=self.connections, transactions=transactions, log=log)
@@ -210,7 +210,8 @@ class Engine:
                 records.append(record)
                 await self._step(step, ctx, run_id, record)
                 if record.outcome in ("failed", "refused"):
-                    return record.outcome, f"step {step.name!r}: {record.error}{kept_effects(records[:-1])}"
+                    outcome: Outcome = "failed" if record.outcome == "failed" else "refused"
+                    return outcome, f"step {step.name!r}: {record.error}{kept_effects(records[:-1])}"
             await transactions.settle(commit=not dry_run)
             settled = True
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:

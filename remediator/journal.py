@@ -23,12 +23,11 @@ from typing import Any
 import asyncpg
 from pydantic import SecretStr
 
-from remediator.matching import AlertInfo
+from remediator.alert import OUTCOMES, AlertInfo, Outcome
 
 log = logging.getLogger("taskmedic.remediator.journal")
 
-OUTCOMES = ("succeeded", "failed", "dry_run", "refused", "suppressed", "skipped", "interrupted")
-ACTED = ["succeeded", "failed", "interrupted"]  # outcomes that may have changed something
+ACTED: list[Outcome] = ["succeeded", "failed", "interrupted"]  # outcomes that may have changed something
 ACTED_SQL = ", ".join(map(repr, ACTED))
 STATUSES = ("pending", "running", "done")
 
@@ -309,7 +308,7 @@ class Journal:
                 run_id, self.replica, self.lease, attempt)
         return bool(owned)
 
-    async def finish(self, run_id: int, attempt: int, outcome: str, steps: list[dict[str, Any]],
+    async def finish(self, run_id: int, attempt: int, outcome: Outcome, steps: list[dict[str, Any]],
                      error: str | None, dry_run: bool, duration: float) -> bool:
         """Record the outcome of this attempt; False when the run is no longer ours."""
         async with self.connection() as conn:

@@ -7,31 +7,10 @@ null / "" for a label that must be absent (Prometheus treats an empty label as n
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from collections.abc import Iterable
 
+from remediator.alert import AlertInfo
 from remediator.config import Playbook
-
-
-@dataclass(frozen=True)
-class AlertInfo:
-    """One alert, as received and as journaled: what templates and matchers see."""
-
-    fingerprint: str
-    status: str
-    starts_at: datetime
-    labels: Mapping[str, str]
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    ends_at: datetime | None = None
-    generator_url: str = ""
-
-    def variables(self) -> dict[str, Any]:
-        return {"labels": dict(self.labels), "annotations": dict(self.annotations),
-                "alert": {"status": self.status, "startsAt": self.starts_at.isoformat(),
-                          "endsAt": self.ends_at.isoformat() if self.ends_at else "",
-                          "fingerprint": self.fingerprint, "generatorURL": self.generator_url}}
 
 
 def label_matches(wanted: str | None, value: str | None) -> bool:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
-from remediator.journal import OUTCOMES
+from remediator.alert import OUTCOMES
 from remediator.pause import Pause
 from taskmedic.reload import ReloadStatus
 from taskmedic.selfmetrics import add_self_metrics

@@ -16,9 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
+from remediator.alert import OUTCOMES
 from remediator.config import RemediatorSettings, Setup, load_setup
 from remediator.engine import Engine
-from remediator.journal import OUTCOMES, STATUSES, Journal, JournalUnavailable, NewRun
+from remediator.journal import STATUSES, Journal, JournalUnavailable, NewRun
 from remediator.matching import matching
 from remediator.metrics import Metrics
 from remediator.pause import GLOBAL, Pauses

@@ -15,9 +15,10 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from remediator.alert import AlertInfo
 from remediator.config import Playbook, Setup
 from remediator.engine import Engine, Report
-from remediator.matching import AlertInfo, matching
+from remediator.matching import matching
 from remediator.webhook import Alert, Payload, problems_of
 from taskmedic.config.loader import ConfigError
 from taskmedic.connections import Connections

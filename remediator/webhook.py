@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from remediator.matching import AlertInfo
+from remediator.alert import AlertInfo
 from taskmedic.config.loader import format_path
 
 MAX_TEXT = 64 * 1024

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from remediator.alert import AlertInfo
 from remediator.config import Playbook
-from remediator.matching import AlertInfo, matches
+from remediator.matching import matches
 from remediator.templating import RenderError, UnsafeValue, glob_literal, render, url_segment
 from tests.remediator.kit import Site
 
