@@ -14,29 +14,18 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, create_model, field_validator, model_validator
 
 from remediator.labels import label_problems, templates
-from remediator.steps import (
-    STEP_TYPES,
-    CommandSpec,
-    FilesSpec,
-    HarborSpec,
-    HttpSpec,
-    ProcessSpec,
-    RedisSpec,
-    SqlSpec,
-)
-from remediator.steps.base import reads_targets
+from remediator.steps import STEP_TYPES
+from remediator.steps.base import Need, StepSpec, reads_targets
 from remediator.steps.sql import Param, reject_templated_sql
 from remediator.templating import Template
 from taskmedic.config.loader import ConfigError, Document, KeyPath, expand_env, format_path, load, parse_yaml, validate
 from taskmedic.config.model import Backup, Disk, Duration, HttpLimits, Model, Name, PostgresDsn, System
 from taskmedic.detection import TARGET_KINDS
-
-Need = Literal["database", "redis"]
 
 
 class BasicAuth(Model):
@@ -173,32 +162,35 @@ class Check(Model):
 TARGETS = "targets"  # `for_each: targets`, `verify: targets`, and the template variable
 
 
-class Step(Model):
+class StepBase(Model):
+    """What every step has; its type's section (`sql:`, `redis:`, ...) is one field per registered
+    step type, added from the registry below, so a new step type needs no edit here."""
+
     name: str = Field(min_length=1)
     for_each: str | None = None  # an earlier step's output rows (or `targets`): once per row, as `item`
-    sql: SqlSpec | None = None
-    redis: RedisSpec | None = None
-    http: HttpSpec | None = None
-    files: FilesSpec | None = None
-    process: ProcessSpec | None = None
-    command: CommandSpec | None = None
-    harbor: HarborSpec | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> Step:
-        kinds = [k for k in STEP_TYPES if getattr(self, k) is not None]
+    def _one(self) -> StepBase:
+        kinds = [k for k in STEP_TYPES if getattr(self, k, None) is not None]
         if len(kinds) != 1:
             raise ValueError(f"a step has exactly one of {', '.join(STEP_TYPES)}")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in STEP_TYPES if getattr(self, k) is not None)
+        return next(k for k in STEP_TYPES if getattr(self, k, None) is not None)
 
     @property
-    def spec(self) -> Model:
-        spec: Model = getattr(self, self.kind)
+    def spec(self) -> StepSpec:
+        spec: StepSpec = getattr(self, self.kind)
         return spec
+
+
+if TYPE_CHECKING:
+    Step = StepBase
+else:
+    Step = create_model("Step", __base__=StepBase,
+                        **{key: (step.spec | None, None) for key, step in STEP_TYPES.items()})
 
 
 class Playbook(Model):
@@ -261,16 +253,12 @@ class Playbook(Model):
                 raise ValueError(f"step {step.name!r}: for_each: targets needs `targets:` on the playbook")
             if step.for_each is not None and step.for_each != TARGETS and step.for_each not in seen:
                 raise ValueError(f"step {step.name!r}: for_each must name an earlier step (or targets)")
-            if step.process is not None and step.process.rows_from is not None:
-                if step.process.rows_from not in seen:
-                    raise ValueError(f"step {step.name!r}: rows_from must name an earlier step")
-                if step.for_each is not None:
-                    raise ValueError(f"step {step.name!r}: find_gone goes through the rows of `rows_from` itself "
-                                     "(it must see them all at once); drop for_each")
-            if step.files is not None and step.files.ids_from is not None:
-                source = seen.get(step.files.ids_from)
-                if source is None or source.sql is None or source.sql.query is None:
-                    raise ValueError(f"step {step.name!r}: ids_from must name an earlier sql step with a `query`")
+            for key, source in step.spec.reads_rows_of().items():
+                if source not in seen:
+                    raise ValueError(f"step {step.name!r}: {key} must name an earlier step")
+            problem = step.spec.sources_problem(step.for_each, {n: s.spec for n, s in seen.items()})
+            if problem is not None:
+                raise ValueError(f"step {step.name!r}: {problem}")
             seen[step.name] = step
         return self
 
@@ -326,12 +314,7 @@ def _system_refs(playbook: Playbook) -> list[tuple[KeyPath, str, Need]]:
         if check.redis is not None:
             refs.append(((name, "redis", "system"), check.redis.system, "redis"))
     for i, step in enumerate(playbook.steps):
-        if step.sql is not None:
-            refs.append((("steps", i, "sql", "system"), step.sql.system, "database"))
-        if step.redis is not None:
-            refs.append((("steps", i, "redis", "system"), step.redis.system, "redis"))
-        if step.harbor is not None:
-            refs += [(("steps", i, "harbor", "system"), step.harbor.system, need) for need in ("database", "redis")]
+        refs += [(("steps", i, step.kind, "system"), system, need) for system, need in step.spec.systems()]
     return refs
 
 

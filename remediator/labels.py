@@ -46,20 +46,13 @@ def templates(value: Any, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
 
 def _consumed(playbook: Playbook, name: str) -> bool:
     """Whether a later step acts on this step's output rows."""
-    for step in playbook.steps:
-        sources = [step.for_each, getattr(step.files, "ids_from", None), getattr(step.process, "rows_from", None)]
-        if name in sources:
-            return True
-    return False
+    return any(name == step.for_each or name in step.spec.reads_rows_of().values() for step in playbook.steps)
 
 
 def _free_text(playbook: Playbook, step: Step, path: KeyPath) -> bool:
-    """Where a step's template is not what it touches: an http body; a read whose rows nothing acts on."""
-    field = path[3] if len(path) > 3 else None
-    if step.http is not None and field == "body":
-        return True
-    return step.sql is not None and step.sql.query is not None and field == "params" \
-        and not _consumed(playbook, step.name)
+    """Where a step's template is not what it touches (its type says: an http body, a read whose
+    rows nothing acts on)."""
+    return len(path) > 3 and step.spec.free_text(str(path[3]), _consumed(playbook, step.name))
 
 
 def label_problems(playbook: Playbook, doc: Document) -> list[str]:

@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -21,7 +21,7 @@ from remediator.templating import Escape, RenderError, UnsafeValue, render, rend
 from taskmedic.config.model import Model, System
 from taskmedic.connections import Connections
 
-S = TypeVar("S", bound=Model)
+S = TypeVar("S", bound="StepSpec")
 Row = dict[str, Any]  # one output row of a step: a query's columns, or the item a filter kept
 
 
@@ -168,9 +168,35 @@ class RunContext:
         return self.connections.redis(url)
 
 
+Need = Literal["database", "redis"]
+
+
+class StepSpec(Model):
+    """A step type's YAML section. Besides its own keys it says what it refers to — the systems
+    it acts on, the earlier steps whose rows it reads — so checking a playbook needs no knowledge
+    of the step types."""
+
+    def systems(self) -> list[tuple[str, Need]]:
+        """(system name, the connection it needs) for each configured system it acts on."""
+        return []
+
+    def reads_rows_of(self) -> dict[str, str]:
+        """Its key → the earlier step whose output rows it reads (besides `for_each`, which every step has)."""
+        return {}
+
+    def sources_problem(self, for_each: str | None, earlier: Mapping[str, StepSpec]) -> str | None:
+        """What is wrong with how it uses the earlier steps of `reads_rows_of` (they exist), if anything."""
+        return None
+
+    def free_text(self, field: str, rows_used: bool) -> bool:
+        """Whether a template under `field` is text it shows rather than something it touches
+        (`rows_used`: a later step acts on its output rows)."""
+        return False
+
+
 class StepType(Generic[S]):
     key: ClassVar[str]
-    spec: ClassVar[type[Model]]
+    spec: ClassVar[type[StepSpec]]
 
     async def run(self, spec: S, ctx: RunContext) -> StepResult:
         raise NotImplementedError

@@ -18,14 +18,14 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
+from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
 from remediator.templating import Template, is_templated
-from taskmedic.config.model import Duration, Model
+from taskmedic.config.model import Duration
 
 OUTPUT_KEPT = 4096
 
 
-class CommandSpec(Model):
+class CommandSpec(StepSpec):
     argv: list[Template] = Field(min_length=1)
     timeout: Duration = Field(default=60.0, gt=0)
     env: list[str] = Field(default_factory=lambda: ["PATH"])  # passed through from our environment
@@ -69,7 +69,7 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 class CommandStep(StepType[CommandSpec]):
     key: ClassVar[str] = "command"
-    spec: ClassVar[type[Model]] = CommandSpec
+    spec: ClassVar[type[StepSpec]] = CommandSpec
 
     async def run(self, spec: CommandSpec, ctx: RunContext) -> StepResult:
         argv = ctx.render_all(spec.argv)

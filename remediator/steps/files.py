@@ -27,23 +27,33 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepStopped, StepType, first_value
+from remediator.steps.base import (
+    Refused,
+    RunContext,
+    StepFailed,
+    StepResult,
+    StepSpec,
+    StepStopped,
+    StepType,
+    first_value,
+)
+from remediator.steps.sql import SqlSpec
 from remediator.templating import Template
 from taskmedic.archive import check_file
 from taskmedic.backups import in_progress
-from taskmedic.config.model import Duration, Model
+from taskmedic.config.model import Duration
 from taskmedic.disks import free_space
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class FilesSpec(Model):
+class FilesSpec(StepSpec):
     root: str  # the only directory this step may touch; never templated
     action: Literal["remove", "quarantine"] = "remove"
     quarantine_dir: str | None = None
@@ -64,6 +74,15 @@ class FilesSpec(Model):
         if self.path is not None and self.ids_from is not None:
             raise ValueError("set `path` or `ids_from`, not both")
         return self
+
+    def reads_rows_of(self) -> dict[str, str]:
+        return {} if self.ids_from is None else {"ids_from": self.ids_from}
+
+    def sources_problem(self, for_each: str | None, earlier: Mapping[str, StepSpec]) -> str | None:
+        source = earlier.get(self.ids_from) if self.ids_from is not None else None
+        if self.ids_from is not None and not (isinstance(source, SqlSpec) and source.query is not None):
+            return "ids_from must name an earlier sql step with a `query`"
+        return None
 
 
 @dataclass(frozen=True)
@@ -235,7 +254,7 @@ def _apply_in(spec: FilesSpec, ctx: RunContext, stop: threading.Event, root: str
 
 class FilesStep(StepType[FilesSpec]):
     key: ClassVar[str] = "files"
-    spec: ClassVar[type[Model]] = FilesSpec
+    spec: ClassVar[type[StepSpec]] = FilesSpec
 
     async def run(self, spec: FilesSpec, ctx: RunContext) -> StepResult:
         stop = threading.Event()

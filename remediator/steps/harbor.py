@@ -28,8 +28,8 @@ from pydantic import Field
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
-from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
-from taskmedic.config.model import Duration, HarborJobService, Model, Name, StuckRule
+from remediator.steps.base import Need, Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
+from taskmedic.config.model import Duration, HarborJobService, Name, StuckRule
 from taskmedic.connections import redis_now
 from taskmedic.detection import harbor
 from taskmedic.wire.gocraft import Keys, job_id
@@ -50,11 +50,14 @@ where e.id = any($1::int[]) and e.status = $3
 MESSAGE = "taskmedic: the job service lost this job (in progress in no live worker pool); settled as Error"
 
 
-class HarborSpec(Model):
+class HarborSpec(StepSpec):
     system: Name
     reason: Name = "worker_gone"  # the rule of systems.<system>.tasks.stuck that judges
     window: Duration = Field(default=60.0, gt=0, le=600)  # the released queues must move within it
     max_items: int = Field(default=50, ge=0)  # more executions to settle → refused, nothing changed
+
+    def systems(self) -> list[tuple[str, Need]]:
+        return [(self.system, "database"), (self.system, "redis")]
 
 
 @dataclass
@@ -168,7 +171,7 @@ async def _blocked(client: Any, keys: Keys, oldest: dict[str, bytes], window: fl
 
 class HarborStep(StepType[HarborSpec]):
     key: ClassVar[str] = "harbor"
-    spec: ClassVar[type[Model]] = HarborSpec
+    spec: ClassVar[type[StepSpec]] = HarborSpec
 
     async def run(self, spec: HarborSpec, ctx: RunContext) -> StepResult:
         rule, service = _rule(ctx, spec)

@@ -18,14 +18,14 @@ import aiohttp
 from pydantic import Field, field_validator
 from yarl import URL
 
-from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
+from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
 from remediator.templating import Template, is_templated, url_segment
-from taskmedic.config.model import Duration, Model
+from taskmedic.config.model import Duration
 
 _ORIGIN = re.compile(r"^https?://[^/]+")
 
 
-class HttpSpec(Model):
+class HttpSpec(StepSpec):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     url: Template
     query: dict[str, Template] = Field(default_factory=dict)
@@ -44,6 +44,9 @@ class HttpSpec(Model):
             raise ValueError("the scheme and host cannot be templated; only the path and query")
         return url
 
+    def free_text(self, field: str, rows_used: bool) -> bool:
+        return field == "body"
+
 
 def _summary(text: str) -> str:
     return text[:300].replace("\r", " ").replace("\n", " ")
@@ -51,7 +54,7 @@ def _summary(text: str) -> str:
 
 class HttpStep(StepType[HttpSpec]):
     key: ClassVar[str] = "http"
-    spec: ClassVar[type[Model]] = HttpSpec
+    spec: ClassVar[type[StepSpec]] = HttpSpec
 
     async def run(self, spec: HttpSpec, ctx: RunContext) -> StepResult:
         url = URL(ctx.render(spec.url, url_segment), encoded=True)

@@ -23,6 +23,7 @@ import asyncio
 import os
 import re
 import signal
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar, Literal
@@ -30,16 +31,16 @@ from typing import Any, ClassVar, Literal
 import psutil
 from pydantic import Field, field_validator, model_validator
 
-from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
+from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
 from remediator.templating import ALERT_VARIABLES, Template, references
-from taskmedic.config.model import Duration, Model
+from taskmedic.config.model import Duration
 from taskmedic.processes import Verdict, judge, judge_engine, visible_engines
 
 SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT, "HUP": signal.SIGHUP,
            "QUIT": signal.SIGQUIT, "USR1": signal.SIGUSR1, "USR2": signal.SIGUSR2}
 
 
-class ProcessSpec(Model):
+class ProcessSpec(StepSpec):
     pid: Template  # the row's PID column, e.g. "{{ item.engine_pid }}"
     started_at: Template  # the row's task start (timestamptz or Unix time), e.g. "{{ item.started_at }}"
     engine: str = Field(min_length=1)  # the engine's executable: an absolute path, or a bare name
@@ -82,6 +83,14 @@ class ProcessSpec(Model):
                              "and only find_gone takes it")
         return self
 
+    def reads_rows_of(self) -> dict[str, str]:
+        return {} if self.rows_from is None else {"rows_from": self.rows_from}
+
+    def sources_problem(self, for_each: str | None, earlier: Mapping[str, StepSpec]) -> str | None:
+        if self.rows_from is not None and for_each is not None:
+            return "find_gone goes through the rows of `rows_from` itself (it must see them all at once); drop for_each"
+        return None
+
 
 def _parse_pid(text: str) -> int:
     # ASCII digits only: str.isdigit() also accepts '²' or '٣', which int() then rejects or reads.
@@ -113,7 +122,7 @@ def _task(spec: ProcessSpec, ctx: RunContext, row: dict[str, Any] | None = None)
 
 class ProcessStep(StepType[ProcessSpec]):
     key: ClassVar[str] = "process"
-    spec: ClassVar[type[Model]] = ProcessSpec
+    spec: ClassVar[type[StepSpec]] = ProcessSpec
 
     async def run(self, spec: ProcessSpec, ctx: RunContext) -> StepResult:
         if spec.action == "find_gone":

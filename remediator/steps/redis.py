@@ -16,11 +16,11 @@ from pydantic import Field, model_validator
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
-from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType
+from remediator.steps.base import Need, Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
 from remediator.steps.queue_repairs import FailAbandoned, RequeueUnacked
 from remediator.steps.redis_plan import Operation, Plan, Target, call, text
 from remediator.templating import Template, glob_literal
-from taskmedic.config.model import Model, Name
+from taskmedic.config.model import Name
 
 ATTEMPTS = 5
 MAX_LIST_SCAN = 100_000
@@ -172,7 +172,7 @@ OPERATIONS = ("lrem", "lrem_where", "hdel", "zrem", "delete", "rpush", "lpush", 
               "fail_abandoned")
 
 
-class RedisSpec(Model):
+class RedisSpec(StepSpec):
     system: Name
     max_items: int = Field(default=1000, ge=0)  # more would be touched → refused, nothing changed
     lrem: ListRemove | None = None
@@ -202,10 +202,13 @@ class RedisSpec(Model):
         op: Operation = getattr(self, self.operation)
         return op
 
+    def systems(self) -> list[tuple[str, Need]]:
+        return [(self.system, "redis")]
+
 
 class RedisStep(StepType[RedisSpec]):
     key: ClassVar[str] = "redis"
-    spec: ClassVar[type[Model]] = RedisSpec
+    spec: ClassVar[type[StepSpec]] = RedisSpec
 
     async def run(self, spec: RedisSpec, ctx: RunContext) -> StepResult:
         client = ctx.redis(spec.system)

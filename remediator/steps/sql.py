@@ -14,9 +14,18 @@ from typing import Any, ClassVar
 import asyncpg
 from pydantic import Field, model_validator
 
-from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType, abort_if_client_dies
+from remediator.steps.base import (
+    Need,
+    Refused,
+    RunContext,
+    StepFailed,
+    StepResult,
+    StepSpec,
+    StepType,
+    abort_if_client_dies,
+)
 from remediator.templating import Template, is_templated
-from taskmedic.config.model import Duration, Model, Name
+from taskmedic.config.model import Duration, Name
 
 Param = Template | int | float | bool
 _TEXT_TYPES = {"text", "varchar", "bpchar", "name", "unknown"}
@@ -27,7 +36,7 @@ def reject_templated_sql(sql: str | None) -> None:
         raise ValueError("SQL text is never templated: write $1, $2 ... and put the values in `params`")
 
 
-class SqlSpec(Model):
+class SqlSpec(StepSpec):
     system: Name
     statement: str | None = None  # a change: bounded before it writes (keys, targets or batch_size)
     query: str | None = None  # a read: its first column is kept for later steps (files.ids_from)
@@ -70,6 +79,12 @@ class SqlSpec(Model):
         """Is the statement's write bounded by max_rows before it runs?"""
         on_targets = any(isinstance(p, str) and "targets.ids" in p for p in self.params)
         return self.keys is not None or self.batch_size is not None or on_targets
+
+    def systems(self) -> list[tuple[str, Need]]:
+        return [(self.system, "database")]
+
+    def free_text(self, field: str, rows_used: bool) -> bool:
+        return field == "params" and self.query is not None and not rows_used  # a read nothing acts on
 
 
 def _uses(sql: str, n: int) -> bool:
@@ -151,7 +166,7 @@ def _guard(count: int, spec: SqlSpec, detail: dict[str, Any]) -> None:
 
 class SqlStep(StepType[SqlSpec]):
     key: ClassVar[str] = "sql"
-    spec: ClassVar[type[Model]] = SqlSpec
+    spec: ClassVar[type[StepSpec]] = SqlSpec
 
     async def run(self, spec: SqlSpec, ctx: RunContext) -> StepResult:
         values = [ctx.render_param(as_text(p)) for p in spec.params]
