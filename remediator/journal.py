@@ -298,14 +298,16 @@ class Journal:
                     returning {COLUMNS}""", self.replica, self.lease, list(playbooks))
         return Run.from_row(row) if row else None
 
-    async def renew(self, run_id: int, attempt: int) -> bool:
-        """Extend our lease on this attempt of the run; False when it is no longer ours (it was
-        taken over, or settled, even if this replica has claimed it again since)."""
+    async def renew(self, run_id: int, attempt: int, steps: list[dict[str, Any]] | None = None) -> bool:
+        """Extend our lease on this attempt of the run, recording its `steps` so far (what a files
+        step removed, entry by entry); False when it is no longer ours (it was taken over, or
+        settled, even if this replica has claimed it again since)."""
         async with self.connection() as conn:
             owned = await conn.fetchval(
-                """update taskmedic_runs set lease_until = now() + make_interval(secs => $3)
+                """update taskmedic_runs set lease_until = now() + make_interval(secs => $3),
+                          steps = coalesce($5::text::jsonb, steps)
                    where id = $1 and replica = $2 and status = 'running' and attempts = $4 returning true""",
-                run_id, self.replica, self.lease, attempt)
+                run_id, self.replica, self.lease, attempt, None if steps is None else json.dumps(steps, default=str))
         return bool(owned)
 
     async def finish(self, run_id: int, attempt: int, outcome: Outcome, steps: list[dict[str, Any]],

@@ -41,6 +41,7 @@ class Lease:
 
     expires: float  # the journal's lease_until at the latest: when the claim/renewal setting it was sent + lease
     settling: bool = False  # the run is being recorded or handed back: it stops being ours on purpose
+    report: Report | None = None  # the run's steps so far, journaled with every renewal
 
 
 class Worker:
@@ -186,7 +187,7 @@ class Worker:
                     lease.settling = True
                     await self.journal.requeue(run.id, BUSY_RETRY)
                     return
-                report = await self._guarded(run, playbook)
+                report = await self._guarded(run, playbook, lease)
                 lease.settling = True
                 await self._finish(run, report, time.monotonic() - started)  # still under the heartbeat
         except JournalUnavailable as e:
@@ -203,7 +204,7 @@ class Worker:
         async with self.journal.exclusive(playbook.name) as got:
             yield got
 
-    async def _guarded(self, run: Run, playbook: Playbook) -> Report:
+    async def _guarded(self, run: Run, playbook: Playbook, lease: Lease) -> Report:
         pause = await self.pauses.applying_to(playbook.name)
         if pause is not None:
             return Report("suppressed", error=pause.describe())
@@ -213,6 +214,7 @@ class Worker:
                 self.metrics.circuit.labels(playbook.name).set(1)
             return Report("suppressed", error=refusal)
         report = Report("failed")  # filled as the run goes, so a timeout keeps what the steps did
+        lease.report = report  # and a replica killed mid-run leaves what its steps did in the journal
         try:
             async with asyncio.timeout(playbook.timeout):
                 return await self.engine.execute(playbook, run.alert, self.settings.dry_run, run.id, report)
@@ -270,7 +272,8 @@ class Worker:
             cutoff = lease.expires - period
             sent = time.monotonic()
             try:
-                owned: bool | None = await asyncio.wait_for(self.journal.renew(run.id, run.attempts),
+                steps = lease.report.steps_json() if lease.report is not None else None
+                owned: bool | None = await asyncio.wait_for(self.journal.renew(run.id, run.attempts, steps),
                                                             max(0.0, cutoff - sent))
             except (JournalUnavailable, TimeoutError):
                 owned = None

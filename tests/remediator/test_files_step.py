@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import time
@@ -14,7 +15,19 @@ import pytest
 from exporter.collectors.disk import DiskCollector
 from remediator.steps import files
 from taskmedic.config.model import Disk
-from tests.remediator.kit import Site, StartApp, alert, execute, payload, post, seed_cape, settled, trusting_labels
+from tests.polling import await_until
+from tests.remediator.kit import (
+    Site,
+    StartApp,
+    alert,
+    execute,
+    fetch,
+    payload,
+    post,
+    seed_cape,
+    settled,
+    trusting_labels,
+)
 
 
 def book(files: str, before: str = "") -> str:
@@ -224,3 +237,36 @@ async def test_a_run_timeout_stops_removal_within_one_folder_and_the_journal_lis
     assert 0 < len(removed) < 40
     assert sorted(removed + after_run) == [f"{n:03d}" for n in range(40)]  # exactly what is gone
     assert all(len(os.listdir(root / name)) == 50 for name in after_run)  # the rest untouched
+
+
+async def test_the_journal_lists_removed_entries_while_the_run_is_still_going(
+        site: Site, start: StartApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a files step removed is in the journal within a lease renewal, before the run ends: a
+    replica killed mid-sweep leaves the record of what it already removed (an interrupted run
+    keeps its steps)."""
+    root = site.tmp / "analyses"
+    many_folders(root, 60, 20)
+    act = files._act
+
+    def slow_disk(*args: Any) -> None:
+        act(*args)
+        time.sleep(0.1)
+
+    monkeypatch.setattr(files, "_act", slow_disk)
+    playbook = ("name: sweep\nmatch: {alertname: TaskmedicStuckTasks}\ntimeout: 60s\nsteps:\n"
+                f"  - name: free disk\n    files: {{root: {root}, max_entries: 1000}}\n")
+    client = await start(site.setup(playbook))
+    assert (await post(client, payload(alert())))[0] == 200
+
+    async def recorded_while_running() -> list[str] | None:
+        rows = await fetch(site.journal.dsn, "select status, steps from taskmedic_runs")
+        if not rows or rows[0]["status"] != "running":
+            return None
+        steps = json.loads(rows[0]["steps"])
+        return list(steps[0]["detail"].get("entries", [])) if steps else None
+
+    recorded = await await_until(recorded_while_running, 30, "removed entries journaled mid-run")
+    assert recorded, "entries are journaled while the run still runs"
+    assert not any((root / name).exists() for name in recorded), "what the journal lists is gone"
+    [run] = await settled(site, timeout=60)
+    assert run["outcome"] == "succeeded" and len(run["steps"][0]["detail"]["entries"]) == 60
