@@ -208,24 +208,32 @@ def many_folders(root: Path, folders: int, files_each: int) -> None:
         os.utime(folder, (when, when))
 
 
+async def start_slow_sweep(site: Site, start: StartApp, monkeypatch: pytest.MonkeyPatch, *, folders: int,
+                           files_each: int, delay: float, timeout: str) -> Path:
+    """A running sweep of a root of old folders on a slow disk (each removal takes `delay` more
+    than it does here): the app started and the alert posted; returns the root."""
+    root = site.tmp / "analyses"
+    many_folders(root, folders, files_each)
+    act = files._act
+
+    def slow_disk(*args: Any) -> None:
+        act(*args)
+        time.sleep(delay)
+
+    monkeypatch.setattr(files, "_act", slow_disk)
+    playbook = (f"name: sweep\nmatch: {{alertname: TaskmedicStuckTasks}}\ntimeout: {timeout}\nsteps:\n"
+                f"  - name: free disk\n    files: {{root: {root}, max_entries: 1000}}\n")
+    client = await start(site.setup(playbook))
+    assert (await post(client, payload(alert())))[0] == 200
+    return root
+
+
 async def test_a_run_timeout_stops_removal_within_one_folder_and_the_journal_lists_what_was_removed(
         site: Site, start: StartApp, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sweep of 40 folders on a slow disk (each removal takes 50 ms more than it does here)
     under `timeout: 1s`: the run fails, removal stops with it, and the journal lists exactly the
     folders that are gone."""
-    root = site.tmp / "analyses"
-    many_folders(root, 40, 50)
-    act = files._act
-
-    def slow_disk(*args: Any) -> None:
-        act(*args)
-        time.sleep(0.05)
-
-    monkeypatch.setattr(files, "_act", slow_disk)
-    playbook = ("name: sweep\nmatch: {alertname: TaskmedicStuckTasks}\ntimeout: 1s\nsteps:\n"
-                f"  - name: free disk\n    files: {{root: {root}, max_entries: 1000}}\n")
-    client = await start(site.setup(playbook))
-    assert (await post(client, payload(alert())))[0] == 200
+    root = await start_slow_sweep(site, start, monkeypatch, folders=40, files_each=50, delay=0.05, timeout="1s")
     [run] = await settled(site, timeout=60)
     after_run = sorted(os.listdir(root))
     await asyncio.sleep(1.0)
@@ -244,19 +252,7 @@ async def test_the_journal_lists_removed_entries_while_the_run_is_still_going(
     """What a files step removed is in the journal within a lease renewal, before the run ends: a
     replica killed mid-sweep leaves the record of what it already removed (an interrupted run
     keeps its steps)."""
-    root = site.tmp / "analyses"
-    many_folders(root, 60, 20)
-    act = files._act
-
-    def slow_disk(*args: Any) -> None:
-        act(*args)
-        time.sleep(0.1)
-
-    monkeypatch.setattr(files, "_act", slow_disk)
-    playbook = ("name: sweep\nmatch: {alertname: TaskmedicStuckTasks}\ntimeout: 60s\nsteps:\n"
-                f"  - name: free disk\n    files: {{root: {root}, max_entries: 1000}}\n")
-    client = await start(site.setup(playbook))
-    assert (await post(client, payload(alert())))[0] == 200
+    root = await start_slow_sweep(site, start, monkeypatch, folders=60, files_each=20, delay=0.1, timeout="60s")
 
     async def recorded_while_running() -> list[str] | None:
         rows = await fetch(site.journal.dsn, "select status, steps from taskmedic_runs")
