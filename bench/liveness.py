@@ -29,7 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deploy.local.servers import PostgresServer, RedisServer, free_port, running, wait_http
-from tests.workers.celery_run import active_rows, sigkill, wait_until
+from tests.polling import wait_until
+from tests.workers.celery_run import active_rows, sigkill
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMESKETCH_AGE_RULE = 2 * 3600.0  # the former running_too_long (Timesketch's own time limit)

@@ -13,7 +13,8 @@ from deploy.local.harbor_shape import P, seed_52_hour_shape
 from tests.conftest import Database
 from tests.engines import engine_program, reaped, start_engine
 from tests.exporter.helpers import collect, value
-from tests.workers.celery_run import answers, celery_worker, wait_until
+from tests.polling import wait_until
+from tests.workers.celery_run import answers, celery_worker
 
 CAPE_INSERT = ("insert into tasks (target, category, memory, enforce_timeout, clock, added_on, started_on, status,"
                " timeout, timedout) select 'x.exe', 'file', false, false, localtimestamp, {added}, {started},"

@@ -11,9 +11,10 @@ from celery import Celery
 
 from tests.conftest import Database
 from tests.exporter.helpers import collect, value
+from tests.polling import wait_until
 from tests.remediator.kit import Site, execute, shipped
 from tests.services import PostgresServer
-from tests.workers.celery_run import active_rows, answers, celery_worker, sigkill, wait_until
+from tests.workers.celery_run import active_rows, answers, celery_worker, sigkill
 
 BOOK = "timesketch-fail-orphaned-timelines"
 LABELS = {"system": "timesketch", "reason": "worker_gone"}

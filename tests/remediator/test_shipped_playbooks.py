@@ -8,9 +8,10 @@ from pathlib import Path
 
 from remediator.config import load_setup
 from tests.engines import engine_program, reaped, start_engine, start_look_alikes
+from tests.polling import wait_until
 from tests.remediator.kit import SHIPPED, Site, count, execute, seed_cape, shipped
 from tests.services import PostgresServer
-from tests.workers.celery_run import answers, celery_worker, wait_until
+from tests.workers.celery_run import answers, celery_worker
 
 
 def test_every_shipped_playbook_is_valid(site: Site, pg: PostgresServer) -> None:

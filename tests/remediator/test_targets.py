@@ -23,6 +23,7 @@ from remediator.engine import Report
 from taskmedic.config.loader import ConfigError
 from tests.engines import engine_program, reaped, start_engine
 from tests.exporter.helpers import collect, value
+from tests.polling import wait_until
 from tests.remediator.kit import (
     FAIL_STALE,
     TOKEN,
@@ -38,7 +39,7 @@ from tests.remediator.kit import (
     shipped,
 )
 from tests.services import PostgresServer, free_port, running, wait_http
-from tests.workers.celery_run import answers, celery_worker, wait_until
+from tests.workers.celery_run import answers, celery_worker
 
 FORGED = ({"older_than": "0 seconds"}, {"older_than": "-1 year"}, {"id": "6"}, {"pid": "1"}, {"path": "/"})
 
@@ -266,11 +267,11 @@ async def test_forged_alerts_posted_to_alertmanager_without_login_change_nothing
     the remediator with its bearer token, and still nothing that is not stuck is touched."""
     seed_cape(site.cape, stale=0, fresh=2)
     site.cape.load("scanner.sql")
-    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "scan-engine"])
+    engine = start_engine(engine_program(site.tmp))  # the real engine, busy on a task started after it
     setup, _ = shipped(site, pg, lambda text: text.replace("dry_run: true", "dry_run: false"))
     client = await start(setup)
     site.cape.sql(f"insert into scan_tasks (target, state, engine_pid, started_at) "
-                  f"values ('busy', 'Running', {engine.pid}, now() - interval '1 hour')")
+                  f"values ('busy', 'Running', {engine.pid}, now())")
     token = site.tmp / "token"
     token.write_text(TOKEN)
     config = site.tmp / "alertmanager.yml"

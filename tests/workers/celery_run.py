@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -41,14 +40,6 @@ def sigkill(worker: psutil.Process) -> None:
         with suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGKILL)
     psutil.wait_procs(family, timeout=10)
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def active_rows(broker: str) -> set[int]:
