@@ -27,11 +27,12 @@ from typing import Literal
 
 import psutil
 
-# The task system writes the task's start and spawns its engine in some order, and the kernel's
-# process start time is only known to ~10 ms plus the boot time's whole-second rounding: an
-# engine created up to this many seconds after its task started is still that task's engine.
-# A PID reused within this window would need the PID space to wrap around in seconds.
-START_TOLERANCE = 5.0
+# The task system writes the task's start and spawns its engine in some order, possibly after
+# queueing or a warm-up, and the database's clock may run behind this host's: an engine created
+# up to this many seconds after its task started is still that task's engine (a 5 s window let a
+# live engine that started 6 s late be taken for a reused PID and its task terminated). A PID
+# reused within this window would need the engine to die and the PID space to wrap in 2 minutes.
+START_TOLERANCE = 120.0
 
 VerdictKind = Literal["engine", "gone", "not_engine", "unknown"]
 

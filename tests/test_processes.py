@@ -44,6 +44,8 @@ def test_a_process_created_after_its_task_started_is_a_reused_pid(tmp: Path) -> 
         assert (verdict.kind, verdict.reason.endswith("a reused PID")) == ("not_engine", True)
         # a task recorded as started just before its engine was spawned is that engine's
         assert judge_engine(engine.pid, "scan-engine", None, time.time() - START_TOLERANCE / 2).is_engine
+        # nor is an engine the scanner spawned 100 s after marking its task Running (a queue, a warm-up)
+        assert judge_engine(engine.pid, "scan-engine", None, time.time() - 100).is_engine
         with pytest.raises(ValueError, match="no time zone"):
             judge_engine(engine.pid, "scan-engine", None, datetime.now())
 

@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--once", action="store_true", help="exit when every incident is healed (1 on timeout)")
     p.add_argument("--timeout", type=float, default=150.0, help="seconds to wait for healing with --once")
     args = p.parse_args(argv)
+    # SIGTERM (a service manager, `kill`, a CI timeout) stops the stack as Ctrl-C does: every
+    # server and seeded process is cleaned up, none is left behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     for binary in ("prometheus", "prometheus-alertmanager", "redis-server"):
         if shutil.which(binary) is None:
             print(f"{binary} is missing: run `make deps` (or `make demo`, which installs it)", file=sys.stderr)
