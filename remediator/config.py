@@ -102,6 +102,9 @@ class RemediatorSettings(Model):
     shutdown_grace: Duration = 20.0  # on SIGTERM, running steps get this long to finish
     retention: Duration = Field(default=30 * 86400.0, ge=86400)  # finished runs older than this are deleted
     max_alerts_per_post: int = Field(default=100, ge=1)  # per playbook; the rest are answered as suppressed
+    # a run that changed nothing (skipped, suppressed, refused) runs again when its alert is
+    # delivered again, still firing, this long after it ended
+    recheck_after: Duration = Field(default=60.0, ge=0)
 
     @property
     def replica_name(self) -> str:

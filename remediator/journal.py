@@ -164,9 +164,10 @@ def _attribute(batch: list[tuple[Sequence[NewRun], asyncio.Future[int]]],
 
 class Journal:
     def __init__(self, dsn: SecretStr, replica: str, lease: float, pool_size: int = 10,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, recheck_after: float = 60.0) -> None:
         self.replica = replica
         self.lease = lease
+        self.recheck_after = recheck_after
         self._dsn = dsn
         self._pool_size = pool_size
         self._timeout = timeout
@@ -271,12 +272,28 @@ class Journal:
             rows = await conn.fetch(
                 """insert into taskmedic_runs (playbook, fingerprint, starts_at, alert_status, labels, annotations,
                                                ends_at, generator_url, receiver, group_key, received_by)
-                   select p, f, s, st, l::jsonb, a::jsonb, e, g, r, k, $11
+                   select distinct on (p, f, s) p, f, s, st, l::jsonb, a::jsonb, e, g, r, k, $11
                    from unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
                                $7::timestamptz[], $8::text[], $9::text[], $10::text[])
                         as t(p, f, s, st, l, a, e, g, r, k)
-                   on conflict on constraint taskmedic_runs_once do nothing
-                   returning playbook, fingerprint, starts_at""", *columns, self.replica)
+                   on conflict on constraint taskmedic_runs_once do update
+                   set status = 'pending', outcome = null, error = null, steps = '[]', replica = null,
+                       lease_until = null, started_at = null, reserved_at = null, finished_at = null,
+                       duration_seconds = null, not_before = now(),
+                       history = taskmedic_runs.history || jsonb_build_array(jsonb_build_object(
+                           'attempt', taskmedic_runs.attempts, 'outcome', taskmedic_runs.outcome,
+                           'error', taskmedic_runs.error, 'finished_at', taskmedic_runs.finished_at,
+                           'rechecked_by', $11::text))
+                   -- (distinct: a batch may hold one alert twice, and a row can be updated once.)
+                   -- A run that changed nothing (skipped, suppressed, refused) is looked at again when
+                   -- the alert is delivered again, still firing, after recheck_after: an earlier alert
+                   -- with the same labels (forged, or a cooldown) must not use up the real incident.
+                   -- A run that may have acted is never run twice.
+                   where taskmedic_runs.status = 'done'
+                     and taskmedic_runs.outcome in ('skipped', 'suppressed', 'refused')
+                     and excluded.alert_status = 'firing'
+                     and taskmedic_runs.finished_at < now() - make_interval(secs => $12)
+                   returning playbook, fingerprint, starts_at""", *columns, self.replica, self.recheck_after)
         return {(r["playbook"], r["fingerprint"], r["starts_at"]) for r in rows}
 
     async def claim(self, playbooks: Sequence[str]) -> Run | None:

@@ -209,7 +209,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 # Settings that belong to resources opened at start-up; a reload keeps the running values.
-_RESTART_ONLY = ("journal", "listen", "replica", "workers", "lease", "max_body_bytes", "http")
+_RESTART_ONLY = ("journal", "listen", "replica", "workers", "lease", "max_body_bytes", "http", "recheck_after")
 
 
 def _warn_if_open(settings: RemediatorSettings) -> None:
@@ -297,7 +297,8 @@ def make_app(setup: Setup, run_worker: bool = True) -> web.Application:
     """The remediator app; with `run_worker=False` it only journals (tests of the webhook alone)."""
     settings = setup.settings
     app = web.Application(client_max_size=settings.max_body_bytes)
-    journal = Journal(settings.journal, settings.replica_name, settings.lease, pool_size=settings.workers * 2 + 4)
+    journal = Journal(settings.journal, settings.replica_name, settings.lease, pool_size=settings.workers * 2 + 4,
+                      recheck_after=settings.recheck_after)
     reloader = Reloader(setup.path, load_setup, lambda new: _apply(app[STATE], new))
     app[RELOADER] = reloader
     app[OWN_CREDENTIALS] = lambda request: app[STATE].credentials.allows(request.headers.get("Authorization"))

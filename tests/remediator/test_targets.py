@@ -23,7 +23,7 @@ from remediator.engine import Report
 from taskmedic.config.loader import ConfigError
 from tests.engines import engine_program, reaped, start_engine
 from tests.exporter.helpers import collect, value
-from tests.polling import wait_until
+from tests.polling import await_until, wait_until
 from tests.remediator.kit import (
     FAIL_STALE,
     TOKEN,
@@ -33,6 +33,7 @@ from tests.remediator.kit import (
     count,
     execute,
     payload,
+    post,
     seed_cape,
     seed_cape_utc_on,
     settled,
@@ -325,3 +326,24 @@ async def test_for_each_target_row_a_step_runs_with_its_columns(site: Site) -> N
 def test_a_playbook_reading_targets_must_set_them(site: Site) -> None:
     with pytest.raises(ConfigError, match="step 'fail stale pending tasks' reads `targets` but the playbook sets no"):
         site.setup(FAIL_STALE.replace("targets: stuck\n", "").replace("verify: targets\n", ""))
+
+
+async def test_a_forged_early_alert_does_not_use_up_the_real_incident(site: Site, start: StartApp) -> None:
+    """Anyone can post, ahead of an incident, an alert with exactly its labels: it is skipped
+    (nothing stuck yet), and the real alert that Alertmanager then merges into it carries the same
+    fingerprint and startsAt. Delivered again while still firing, that alert is looked at again
+    (after recheck_after) and heals the incident; a run that acted is still never run twice."""
+    seed_cape(site.cape, stale=0, fresh=2)
+    client = await start(site.setup(FAIL_STALE, recheck_after=0))
+    forged = payload(alert("same-fingerprint"))
+    assert (await post(client, forged))[0] == 200
+    [run] = await settled(site)
+    assert run["outcome"] == "skipped"
+    site.cape.sql("update tasks set added_on = localtimestamp - interval '3 days'")  # the incident: both stale
+    status, body = await post(client, forged)  # Alertmanager delivers the (merged) alert again
+    assert (status, body["journaled"]) == (200, 1)
+    await await_until(lambda: count(site.cape, "status = 'failed_analysis'") == 2, 30, "the incident healed")
+    [run] = await settled(site)
+    assert run["outcome"] == "succeeded" and [h["outcome"] for h in run["history"]] == ["skipped"]
+    status, body = await post(client, forged)  # and again: a run that acted never runs twice
+    assert (status, body["journaled"], body["duplicates"]) == (200, 0, 1)
