@@ -108,6 +108,11 @@ def _targets_problem(playbook: Playbook, targets: Targets) -> str | None:
     return None
 
 
+def _changed_nothing(steps: list[StepRecord]) -> bool:
+    """Every step counts what it affects (rows, items, entries, processes) and each counted none."""
+    return bool(steps) and all(STEP_TYPES[s.type].spec.counts_effects and s.rows == 0 for s in steps)
+
+
 class Engine:
     def __init__(self, systems: Mapping[str, System], connections: Connections, statement_timeout: float,
                  disks: Sequence[Disk] = (), backups: Mapping[str, Backup] | None = None) -> None:
@@ -152,6 +157,11 @@ class Engine:
         if report.targets is not None:
             variables[TARGETS] = TargetRows(report.targets.rows)
         report.outcome, report.error = await self._steps(playbook, variables, dry_run, report.steps, run_id)
+        if report.outcome == "succeeded" and _changed_nothing(report.steps):
+            # Not "succeeded": a run with nothing to do must not count toward max_runs_per_hour,
+            # or alerts posted to Alertmanager's open API could open the circuit before a real one.
+            report.outcome, report.error = "skipped", "nothing to do: every step found nothing to act on"
+            return report
         if report.outcome == "succeeded" and isinstance(playbook.verify, Check):
             await self._verify(playbook.verify, variables, report)
         elif report.outcome == "succeeded" and playbook.verify == TARGETS:

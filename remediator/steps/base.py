@@ -176,6 +176,10 @@ class StepSpec(Model):
     it acts on, the earlier steps whose rows it reads — so checking a playbook needs no knowledge
     of the step types."""
 
+    # Whether the step's result counts everything it affected, so 0 means it changed nothing (a
+    # command or an HTTP call acts without a count of what it changed).
+    counts_effects: ClassVar[bool] = True
+
     def systems(self) -> list[tuple[str, Need]]:
         """(system name, the connection it needs) for each configured system it acts on."""
         return []

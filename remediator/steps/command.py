@@ -26,6 +26,7 @@ OUTPUT_KEPT = 4096
 
 
 class CommandSpec(StepSpec):
+    counts_effects: ClassVar[bool] = False
     argv: list[Template] = Field(min_length=1)
     timeout: Duration = Field(default=60.0, gt=0)
     env: list[str] = Field(default_factory=lambda: ["PATH"])  # passed through from our environment

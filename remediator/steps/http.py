@@ -26,6 +26,7 @@ _ORIGIN = re.compile(r"^https?://[^/]+")
 
 
 class HttpSpec(StepSpec):
+    counts_effects: ClassVar[bool] = False
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     url: Template
     query: dict[str, Template] = Field(default_factory=dict)

@@ -162,3 +162,23 @@ async def test_an_interrupted_run_is_retried_when_the_playbook_says_it_is_safe(s
     [run] = await settled(site)
     assert (run["outcome"], run["attempts"], len(run["history"])) == ("succeeded", 2, 1)
     assert count(site.cape, STALE) == 0
+
+
+async def test_runs_with_nothing_to_do_are_skipped_and_do_not_open_the_circuit(site: Site, start: StartApp) -> None:
+    """Alerts anyone can post to Alertmanager, for a playbook without targets whose steps find
+    nothing: each run is `skipped`, not `succeeded`, so they cannot use up max_runs_per_hour
+    ahead of a real incident."""
+    seed_cape(site.cape, stale=0)
+    book = ("name: sweep\nmatch: {alertname: TaskmedicStuckTasks}\nmax_runs_per_hour: 2\nsteps:\n"
+            "  - name: fail stale\n    sql: {system: cape, statement: \"update tasks set status = 'failed_analysis' "
+            f"where {STALE}\", max_rows_after_write: true}}\n")
+    client = await start(site.setup(book))
+    for i in range(4):
+        assert (await post(client, payload(alert(f"forged-{i}"))))[0] == 200
+    runs = await settled(site, 4)
+    assert [r["outcome"] for r in runs] == ["skipped"] * 4
+    site.cape.sql("update tasks set added_on = localtimestamp - interval '3 days'")  # the real incident
+    assert (await post(client, payload(alert("real"))))[0] == 200
+    runs = await settled(site, 5)
+    assert runs[-1]["outcome"] == "succeeded", runs[-1]["error"]
+    assert count(site.cape, "status = 'failed_analysis'") == 2

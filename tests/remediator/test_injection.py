@@ -58,8 +58,8 @@ async def test_hostile_labels_change_nothing_beyond_a_failed_or_refused_run(
     assert status == 200
     runs = {r["playbook"]: r for r in await settled(site, 6)}
     assert {name: r["outcome"] for name, r in runs.items()} == {
-        "sql-interval": "failed", "sql-text": "succeeded", "files": "refused", "command": "succeeded",
-        "http": "refused", "redis": "succeeded"}
+        "sql-interval": "failed", "sql-text": "skipped", "files": "refused", "command": "succeeded",
+        "http": "refused", "redis": "skipped"}  # skipped: the hostile values matched nothing to change
     assert runs["sql-text"]["steps"][0]["rows"] == 0
     assert runs["redis"]["steps"][0]["rows"] == 0
     assert runs["command"]["steps"][0]["detail"]["output"] == labels["cmd"] + "\n"

@@ -73,7 +73,7 @@ async def test_a_key_named_in_full_is_deleted_by_name_without_scanning_the_keysp
     before = scans(client)
     for task_id, rows in (("7", 1), ("7", 0), ("*", 1)):  # "*" from a label is a literal character
         report = await execute(setup, {"task_id": task_id})
-        assert (report.outcome, report.steps[0].rows) == ("succeeded", rows), task_id
+        assert (report.outcome, report.steps[0].rows) == ("succeeded" if rows else "skipped", rows), task_id
     assert scans(client) == before
     assert client.dbsize() == 49 and not client.exists("celery-task-meta-7", "celery-task-meta-*")
     sweep = await execute(site.setup(book('delete: {pattern: "celery-task-meta-1*"}')))
