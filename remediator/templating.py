@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2 import StrictUndefined, TemplateError, meta, nodes
 from jinja2 import Template as JinjaTemplate
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import AfterValidator
@@ -76,12 +76,18 @@ def _compile(text: str, escape: Escape) -> JinjaTemplate:
 
 
 def check_template(text: str) -> str:
-    """Pydantic validator: reject a template with a syntax error when the playbook is loaded."""
+    """Pydantic validator: reject a template with a syntax error, or one that reaches into Jinja's
+    internals (`self`, `_private` attributes: a way around the check of what labels may decide;
+    the sandbox would stop it only when it runs), when the playbook is loaded."""
     try:
         _compile(text, _plain)
+        tree = _environment(_plain).parse(text)
     except TemplateError as e:
         line = getattr(e, "lineno", None)
         raise ValueError(f"template error: {e.message}" + (f" (template line {line})" if line else "")) from None
+    if any(n.name == "self" for n in tree.find_all(nodes.Name)) or \
+            any(n.attr.startswith("_") for n in tree.find_all(nodes.Getattr)):
+        raise ValueError("a template may not use `self` or attributes starting with `_`")
     return text
 
 

@@ -347,3 +347,12 @@ async def test_a_forged_early_alert_does_not_use_up_the_real_incident(site: Site
     assert run["outcome"] == "succeeded" and [h["outcome"] for h in run["history"]] == ["skipped"]
     status, body = await post(client, forged)  # and again: a run that acted never runs twice
     assert (status, body["journaled"], body["duplicates"]) == (200, 0, 1)
+
+
+def test_a_template_reaching_into_jinja_internals_is_refused_when_the_playbook_loads(site: Site) -> None:
+    """`self._TemplateReference__context.labels` reads labels without naming `labels`: refused by
+    check, not only stopped by the sandbox at run time."""
+    for template in ("{{ self._TemplateReference__context.labels.id }}", "{{ targets.__class__ }}"):
+        with pytest.raises(ConfigError, match=r"steps\[0\]\.sql\.params\[0\]: a template may not use `self`"):
+            site.setup("name: t\nmatch: {alertname: A}\nsteps:\n  - name: x\n"
+                       f"    sql: {{system: cape, query: \"select $1::text\", params: [\"{template}\"]}}\n")
