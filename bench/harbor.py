@@ -11,28 +11,24 @@ to 30 s of jitter), and the former age rule flagged a Running execution after 12
 from __future__ import annotations
 
 import random
-import re
 import signal
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import redis
 
+from bench.liveness import stuck as stuck_of
 from deploy.local.harbor_shape import NS, ROOT, P, job
 from deploy.local.servers import PostgresServer, RedisServer, free_port, running, wait_http
 
 REAPER_PERIOD = 600.0  # gocraft dead_pool_reaper.go: reapPeriod
-WORKER_GONE = re.compile(r'^taskmedic_stuck_tasks\{[^}]*reason="worker_gone"[^}]*\} (\S+)$', re.M)
 
 
 def stuck(url: str) -> float:
-    with urllib.request.urlopen(url, timeout=3) as r:
-        m = WORKER_GONE.search(r.read().decode())
-    return float(m.group(1)) if m else -1.0
+    return stuck_of(url, "worker_gone")
 
 
 def pool(url: str, name: str) -> subprocess.Popen[bytes]:

@@ -65,3 +65,8 @@ def redis_now(time_reply: Any) -> float:
     """Redis' own clock from a TIME reply: ages are measured on the server's clock."""
     seconds, micros = time_reply
     return int(seconds) + int(micros) / 1e6
+
+
+def redis_text(value: Any) -> str:
+    """A Redis reply (bytes, or an int/str some commands give) as text; undecodable bytes replaced."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError, WatchError
 
 from remediator.steps.base import Need, Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
 from taskmedic.config.model import Duration, HarborJobService, Name, StuckRule
-from taskmedic.connections import redis_now
+from taskmedic.connections import redis_now, redis_text
 from taskmedic.detection import harbor
 from taskmedic.wire.gocraft import Keys, job_id
 
@@ -113,9 +113,9 @@ async def _plan_reap(pipe: Pipeline, keys: Keys, pools: harbor.Pools, drop: set[
             writes.append(("delete", source))
             held = await pipe.hget(keys.lock_info(t), pool.id)
             if held is not None:
-                count = int(harbor.text(held))
+                count = int(redis_text(held))
                 if t not in locks:
-                    locks[t] = int(harbor.text(await pipe.get(keys.lock(t)) or b"0"))
+                    locks[t] = int(redis_text(await pipe.get(keys.lock(t)) or b"0"))
                 locks[t] = max(locks[t] - count, 0)
                 reap.locks_released[t] = reap.locks_released.get(t, 0) + count
                 writes.append(("hdel", keys.lock_info(t), pool.id))
@@ -162,9 +162,9 @@ async def _blocked(client: Any, keys: Keys, oldest: dict[str, bytes], window: fl
     out = {}
     for t, head in waiting.items():
         lock, limit = await client.get(keys.lock(t)), await client.get(keys.max_concurrency(t))
-        holders = {harbor.text(k): harbor.text(v) for k, v in (await client.hgetall(keys.lock_info(t))).items()}
+        holders = {redis_text(k): redis_text(v) for k, v in (await client.hgetall(keys.lock_info(t))).items()}
         out[t] = (f"oldest queued job {job_id(head)} not picked up within {window:g}s "
-                  f"(lock {harbor.text(lock or b'0')}, max_concurrency {harbor.text(limit or b'0')}, "
+                  f"(lock {redis_text(lock or b'0')}, max_concurrency {redis_text(limit or b'0')}, "
                   f"lock_info {holders})")
     return out
 

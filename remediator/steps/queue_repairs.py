@@ -10,10 +10,10 @@ from typing import Any
 from pydantic import Field
 from redis.asyncio.client import Pipeline
 
-from remediator.steps.redis_plan import Operation, Plan, Target, Write, call, text
+from remediator.steps.redis_plan import Operation, Plan, Target, Write, call
 from remediator.templating import Template
 from taskmedic.config.model import Duration, System
-from taskmedic.connections import redis_now
+from taskmedic.connections import redis_now, redis_text
 from taskmedic.wire import kombu, rq
 
 
@@ -52,14 +52,14 @@ class RequeueUnacked(Operation):
             if entry is not None and isinstance(entry.message, dict):
                 targets = await self._lookup(pipe, bindings, entry)
                 if not targets:
-                    unroutable.append(text(tag))  # left where it is: kombu would drop it
+                    unroutable.append(redis_text(tag))  # left where it is: kombu would drop it
                     continue
                 message = kombu.redelivered(entry.message)
                 body = json.dumps(message)
                 for queue in targets:
                     key = kombu.sub_queue_for(queue, message, steps)
                     writes.append(call("rpush", key, body))  # kombu restores on the consuming end
-                    queues[text(key)] += 1
+                    queues[redis_text(key)] += 1
             # kombu drops the index entries of an unreadable message too
             writes += [call("zrem", kombu.UNACKED_INDEX, tag), call("hdel", kombu.UNACKED, tag)]
         detail: dict[str, Any] = {"older_than": self.older_than, "queues": dict(queues)}
@@ -110,12 +110,12 @@ class FailAbandoned(Operation):
             await pipe.watch(started)
             for member in await pipe.zrangebyscore(started, "-inf", now, start=0, num=at.limit + 1):
                 writes.append(call("zrem", started, member))
-                job_id = await self._job_of(pipe, text(member))
+                job_id = await self._job_of(pipe, redis_text(member))
                 if job_id is None:
-                    without_job.setdefault(queue, []).append(text(member))
+                    without_job.setdefault(queue, []).append(redis_text(member))
                     continue
                 status, job_ttl = await pipe.hmget(rq.job_key(job_id), ["status", "failure_ttl"])
-                if text(status) != "started":
+                if redis_text(status) != "started":
                     not_started.setdefault(queue, []).append(job_id)
                     continue
                 failed.setdefault(queue, []).append(job_id)
@@ -127,7 +127,7 @@ class FailAbandoned(Operation):
             "without_job": {q: ids[:50] for q, ids in without_job.items()}})
 
     def _ttl(self, job_ttl: Any) -> int:
-        own = int(text(job_ttl)) if job_ttl is not None and text(job_ttl).isdigit() else 0
+        own = int(redis_text(job_ttl)) if job_ttl is not None and redis_text(job_ttl).isdigit() else 0
         return own or int(self.failure_ttl)
 
     @staticmethod

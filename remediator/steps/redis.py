@@ -18,9 +18,10 @@ from redis.exceptions import RedisError, WatchError
 
 from remediator.steps.base import Need, Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
 from remediator.steps.queue_repairs import FailAbandoned, RequeueUnacked
-from remediator.steps.redis_plan import Operation, Plan, Target, call, text
+from remediator.steps.redis_plan import Operation, Plan, Target, call
 from remediator.templating import Template, glob_literal
 from taskmedic.config.model import Name
+from taskmedic.connections import redis_text
 
 ATTEMPTS = 5
 MAX_LIST_SCAN = 100_000
@@ -35,7 +36,7 @@ def _field(item: bytes, path: str) -> str | None:
         if not isinstance(value, dict) or part not in value:
             return None
         value = value[part]
-    return None if isinstance(value, dict | list) else text(value)
+    return None if isinstance(value, dict | list) else redis_text(value)
 
 
 async def _list_items(pipe: Any, key: str) -> list[bytes]:
@@ -134,7 +135,7 @@ class DeleteMatching(Operation):
         if keys:
             await pipe.watch(*keys)
         writes = [lambda p: p.delete(*keys)] if keys else []
-        return Plan(len(keys), writes, {"pattern": pattern, "keys": [text(k) for k in keys[:20]]})
+        return Plan(len(keys), writes, {"pattern": pattern, "keys": [redis_text(k) for k in keys[:20]]})
 
 
 class RightPush(Operation):

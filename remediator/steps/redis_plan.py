@@ -45,6 +45,3 @@ def call(command: str, *args: Any, **kwargs: Any) -> Write:
     """A write to queue inside MULTI: `command` on the pipeline with these arguments."""
     return lambda p: getattr(p, command)(*args, **kwargs)
 
-
-def text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -19,16 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskmedic.config.model import StuckRule
-from taskmedic.connections import redis_now
+from taskmedic.connections import redis_now, redis_text
 from taskmedic.wire.gocraft import Keys, job_id
 
 DEAD_AFTER = 10.0  # gocraft dead_pool_reaper.go: deadTime = 2 x beatPeriod (heartbeater.go, 5 s)
 FINAL_STATUSES = frozenset({"Success", "Error", "Stopped"})  # Harbor job.Status with code 3
 ERROR_CODE = 3  # Harbor's status_code for a final status (jobservice/job/status.go)
-
-
-def text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,7 @@ class Pools:
 def heartbeat_time(raw: Any) -> float | None:
     """A heartbeat hash's `heartbeat_at` (epoch seconds), None when missing or unreadable."""
     try:
-        return float(text(raw)) if raw is not None else None
+        return float(redis_text(raw)) if raw is not None else None
     except ValueError:
         return None
 
@@ -72,13 +68,13 @@ async def read_pools(client: Any, keys: Keys, dead_after: float = DEAD_AFTER,
         pipe.smembers(keys.known_jobs)
         now_reply, members, known = await pipe.execute()
     now = redis_now(now_reply)
-    names = {text(m) for m in members}
-    types = {text(k) for k in known} | set(extra)
+    names = {redis_text(m) for m in members}
+    types = {redis_text(k) for k in known} | set(extra)
     async with client.pipeline(transaction=False) as pipe:
         for t in sorted(types):
             pipe.hkeys(keys.lock_info(t))
         holders = await pipe.execute()
-    names |= {text(h) for hs in holders for h in hs}
+    names |= {redis_text(h) for hs in holders for h in hs}
     ordered = sorted(names)
     async with client.pipeline(transaction=False) as pipe:
         for name in ordered:
@@ -88,7 +84,7 @@ async def read_pools(client: Any, keys: Keys, dead_after: float = DEAD_AFTER,
     dead: dict[str, Pool] = {}
     for name, (beat, jobs) in zip(ordered, beats, strict=True):
         at = heartbeat_time(beat)
-        pool = Pool(name, at, tuple(j for j in text(jobs).split(",") if j) if jobs else ())
+        pool = Pool(name, at, tuple(j for j in redis_text(jobs).split(",") if j) if jobs else ())
         (live if is_alive(at, jobs is not None, now, dead_after) else dead)[name] = pool
         types |= set(pool.job_names)
     return Pools(now, live, dead, tuple(sorted(types)))
@@ -127,7 +123,7 @@ async def judge_jobs(client: Any, keys: Keys, job_ids: Iterable[str], dead_after
         statuses = await pipe.execute()
     judgement = Judgement(pools)
     for i, status in zip(unknown, statuses, strict=True):
-        (judgement.ended if status is not None and text(status) in FINAL_STATUSES else judgement.lost).add(i)
+        (judgement.ended if status is not None and redis_text(status) in FINAL_STATUSES else judgement.lost).add(i)
     return judgement
 
 
