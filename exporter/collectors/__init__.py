@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 
-from exporter.collectors import backups, celery, disk, harbor, lists, rq, tasks
+from exporter.collectors import backups, celery, disk, engine, harbor, lists, rq, tasks
 from exporter.collectors.base import Collector, Declared, Kind
 from exporter.config import ExporterConfig
 from exporter.metrics import FAMILIES
@@ -16,13 +16,14 @@ from taskmedic.connections import Connections
 
 _QUEUES = ("taskmedic_queue_depth", "taskmedic_queue_unacked", "taskmedic_queue_oldest_age_seconds")
 _TASK_COUNTS = ("taskmedic_tasks", "taskmedic_stuck_tasks")
+_JUDGEMENT = ("taskmedic_judgement_trusted", "taskmedic_clock_skew_seconds")
 
 REGISTRY: dict[str, Kind] = {
-    "tasks": Kind(tasks.build, (*_TASK_COUNTS, "taskmedic_task_oldest_age_seconds", "taskmedic_judgement_trusted",
-                                "taskmedic_clock_skew_seconds")),
+    "tasks": Kind(tasks.build, (*_TASK_COUNTS, "taskmedic_task_oldest_age_seconds", *_JUDGEMENT)),
     "celery": Kind(celery.build, (*_QUEUES, *_TASK_COUNTS)),
     "rq": Kind(rq.build, (*_QUEUES, *_TASK_COUNTS)),
     "harbor": Kind(harbor.build, _QUEUES),
+    "engine": Kind(engine.build, (*_QUEUES, *_TASK_COUNTS, *_JUDGEMENT)),
     "lists": Kind(lists.build, ("taskmedic_queue_depth",)),
     "disk": Kind(disk.build, ("taskmedic_disk_free_ratio", "taskmedic_disk_free_bytes", "taskmedic_disk_size_bytes",
                               "taskmedic_disk_inodes_free_ratio")),

@@ -6,6 +6,7 @@ from typing import Any
 
 from remediator.steps.base import Refused, RunContext, StepFailed, StepResult, StepType, Transactions
 from remediator.steps.command import CommandSpec, CommandStep
+from remediator.steps.engine import EngineSpec, EngineStep
 from remediator.steps.files import FilesSpec, FilesStep
 from remediator.steps.harbor import HarborSpec, HarborStep
 from remediator.steps.http import HttpSpec, HttpStep
@@ -15,12 +16,13 @@ from remediator.steps.sql import SqlSpec, SqlStep
 
 STEP_TYPES: dict[str, StepType[Any]] = {
     step.key: step for step in (SqlStep(), RedisStep(), HttpStep(), FilesStep(), ProcessStep(), CommandStep(),
-                                HarborStep())
+                                HarborStep(), EngineStep())
 }
 
 __all__ = [
     "STEP_TYPES",
     "CommandSpec",
+    "EngineSpec",
     "FilesSpec",
     "HarborSpec",
     "HttpSpec",

@@ -1,0 +1,41 @@
+"""EngineQueueCollector: a Redis job engine described by configuration (`queues: {type: engine}`,
+profiles dramatiq, bullmq, sidekiq, arq): its queues, the work its workers hold, and the held
+work whose holder is dead by the engine's own evidence (`taskmedic.detection.engine`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from exporter.collectors.redis_base import RedisQueueCollector, systems_of_type
+from exporter.config import ExporterConfig
+from exporter.metrics import Sample, sample
+from taskmedic.connections import Connections
+from taskmedic.detection import engine
+
+
+@dataclass
+class EngineQueueCollector(RedisQueueCollector):
+    async def collect(self) -> list[Sample]:
+        state = await engine.observe(self.client, self.source)
+        system = self.system_name
+        reason = engine.engine_of(self.source).reason
+        held = Counter(h.queue for h in state.held)
+        out: list[Sample] = []
+        for q in sorted(set(state.queues) | set(held)):
+            queue = state.queues.get(q, engine.QueueState(0, None))
+            age = max(state.now - queue.oldest_at, 0.0) if queue.oldest_at is not None else 0.0
+            out += [sample("taskmedic_queue_depth", queue.depth, system=system, queue=q),
+                    sample("taskmedic_queue_unacked", held[q], system=system, queue=q),
+                    sample("taskmedic_queue_oldest_age_seconds", age, system=system, queue=q)]
+        trusted = not state.unknown
+        out += [sample("taskmedic_tasks", sum(q.depth for q in state.queues.values()), system=system, status="queued"),
+                sample("taskmedic_tasks", len(state.held), system=system, status="held"),
+                sample("taskmedic_stuck_tasks", len(state.dead), system=system, status="held", reason=reason),
+                sample("taskmedic_judgement_trusted", 1 if trusted else 0, system=system),
+                sample("taskmedic_clock_skew_seconds", state.skew, system=system)]
+        return out
+
+
+def build(config: ExporterConfig, connections: Connections) -> list[EngineQueueCollector]:
+    return [EngineQueueCollector(n, s, connections) for n, s in systems_of_type(config.systems, "engine")]

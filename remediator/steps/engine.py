@@ -1,0 +1,199 @@
+"""`engine` step: give back the work that dead holders hold in a Redis job engine described by
+configuration (`queues: {type: engine}`), the way the engine's own recovery does it
+(`recovery:` of its profile), then wait until the work is picked up again.
+
+1. Judge with the exporter's code (`taskmedic.detection.engine`): the held jobs whose holder's
+   own evidence says dead. More than `max_items`, a worker clock ahead of Redis', or more held
+   work than can be read → refused before any write. Unknown holders are left alone.
+2. Per holder (a worker, a job's lock, a queue's heartbeat), in one MULTI/EXEC with its holding
+   and evidence keys WATCHed: the holder is judged again, and only if it is still dead are its
+   jobs pushed back (`push_to`, `end`; the job itself for a hash holding), removed from where it
+   held them, and the engine's further writes done (`also`, `per_worker`). A holder that beats
+   again in between, or a job that finished, is left alone; a second run finds nothing: each job
+   is given back once.
+3. Verify: within `window`, every queue that got work back has some of it picked up (it left
+   the queue); else the step fails. The given-back work stays given back (it is recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Any, ClassVar
+
+from pydantic import Field
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError, WatchError
+
+from remediator.steps.base import Need, Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
+from taskmedic.config.engine import RedisEngine, Write
+from taskmedic.config.model import Duration, Name, QueueSource
+from taskmedic.connections import redis_now
+from taskmedic.detection import engine as detection
+from taskmedic.detection.engine import Evidence, HeldJob
+from taskmedic.wire import engine as wire
+
+ATTEMPTS = 5
+POLL = 0.2
+
+
+class EngineSpec(StepSpec):
+    system: Name
+    window: Duration = Field(default=60.0, gt=0, le=600)  # the given-back work must be picked up within it
+    max_items: int = Field(default=100, ge=0)  # more held jobs to give back → refused, nothing changed
+
+    def systems(self) -> list[tuple[str, Need]]:
+        return [(self.system, "redis")]
+
+
+def _source(ctx: RunContext, spec: EngineSpec) -> QueueSource:
+    source = ctx.system(spec.system).queues
+    if source is None or source.engine is None:
+        raise StepFailed(f"system {spec.system!r} has no `queues: {{type: engine}}` (profiles dramatiq, bullmq, "
+                         "sidekiq, arq)")
+    if source.engine.recovery is None:
+        raise StepFailed(f"the {source.engine.name} engine of system {spec.system!r} has no `recovery`: "
+                         "nothing to give its work back with")
+    return source
+
+
+def _args(write: Write, names: dict[str, str], now: float) -> list[str]:
+    return [wire.render(a.replace("{now_ms}", str(int(now * 1000))).replace("{now}", f"{now:.6f}"), **names)
+            for a in write.args]
+
+
+def _writes(engine: RedisEngine, jobs: list[HeldJob], now: float) -> list[tuple[str, ...]]:
+    """The commands that give these jobs (one holder's) back, as the engine's recovery does."""
+    recovery = engine.recovery
+    assert recovery is not None
+    holding = engine.holding
+    out: list[tuple[str, ...]] = []
+    for job in jobs:
+        names = job.names()
+        if recovery.push_to is not None:
+            value = job.job_text if recovery.value == "job" else job.job
+            assert value is not None
+            out.append(("RPUSH" if recovery.end == "right" else "LPUSH", wire.render(recovery.push_to, **names), value))
+        if holding.type == "set":
+            out.append(("SREM", job.key, job.member.decode("utf-8", "surrogateescape")))
+        elif holding.type == "list":
+            out.append(("LREM", job.key, "1", job.member.decode("utf-8", "surrogateescape")))
+        elif holding.type == "hash":
+            out.append(("HDEL", job.key, job.member.decode("utf-8", "surrogateescape")))
+        else:
+            out.append(("DEL", wire.render(holding.key, **names)))
+        out += [(w.command.upper(), *_args(w, names, now)) for w in recovery.also]
+    worker = jobs[0].worker if jobs else None
+    if worker is not None:
+        out += [(w.command.upper(), *_args(w, {"worker": worker}, now)) for w in recovery.per_worker]
+    return out
+
+
+async def _give_back(pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],
+                     dry_run: bool) -> list[HeldJob]:
+    """Give back one dead holder's jobs, if it is still dead; the jobs given back."""
+    watched = {j.key for j in jobs} | {holder.key}
+    if engine.holding.type == "lock":
+        watched |= {wire.render(engine.holding.key, **j.names()) for j in jobs}
+    await pipe.watch(*sorted(watched))
+    now = redis_now(await pipe.time())
+    judged, _ = detection.verdict(engine, await detection.ask(pipe, engine, holder), now)
+    if judged != "dead":
+        await pipe.reset()  # type: ignore[no-untyped-call]
+        return []
+    still = [j for j in jobs if await detection.still_held(pipe, engine, j)]
+    if dry_run or not still:
+        await pipe.reset()  # type: ignore[no-untyped-call]
+        return still
+    pipe.multi()  # type: ignore[no-untyped-call]
+    for command in _writes(engine, still, now):
+        pipe.execute_command(*command)
+    await pipe.execute()
+    return still
+
+
+async def _picked_up(client: Any, engine: RedisEngine, job: HeldJob) -> bool:
+    """Whether a given-back job has left its queue (a worker took it, or it is done)."""
+    recovery = engine.recovery
+    assert recovery is not None
+    if recovery.push_to is None:  # a lock holding: taken again = locked again, or gone from its queue
+        locked = await client.exists(wire.render(engine.holding.key, **job.names()))
+        queued = await client.zscore(job.key, job.member) if engine.queues.type == "zset" \
+            else await client.lpos(job.key, job.member)
+        return bool(locked) or queued is None
+    value = job.job_text if recovery.value == "job" else job.job
+    return await client.lpos(wire.render(recovery.push_to, **job.names()), value) is None
+
+
+async def _unmoved(client: Any, engine: RedisEngine, given: list[HeldJob], window: float) -> list[str]:
+    """Wait until each queue that got work back has some of it picked up; the queues that did not."""
+    by_queue: dict[str, list[HeldJob]] = defaultdict(list)
+    for job in given:
+        by_queue[job.queue].append(job)
+    deadline = time.monotonic() + window
+    while by_queue:
+        for queue, jobs in list(by_queue.items()):
+            for job in jobs:
+                if await _picked_up(client, engine, job):
+                    del by_queue[queue]
+                    break
+        if not by_queue or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(POLL)
+    return sorted(by_queue)
+
+
+class EngineStep(StepType[EngineSpec]):
+    key: ClassVar[str] = "engine"
+    spec: ClassVar[type[StepSpec]] = EngineSpec
+
+    async def run(self, spec: EngineSpec, ctx: RunContext) -> StepResult:
+        source = _source(ctx, spec)
+        client = ctx.redis(spec.system)
+        try:
+            return await self._run(spec, ctx, source, client)
+        except RedisError as e:
+            raise StepFailed(f"redis: {type(e).__name__}: {e}") from None
+
+    async def _run(self, spec: EngineSpec, ctx: RunContext, source: QueueSource, client: Any) -> StepResult:
+        engine = detection.engine_of(source)
+        state = await detection.observe(client, source)
+        dead = state.dead
+        detail: dict[str, Any] = {"system": spec.system, "engine": engine.name, "held": len(state.held),
+                                  "dead": [h.job for h in dead][:50], "unknown": len(state.unknown)}
+        if state.skew > engine.clock_tolerance:
+            raise Refused(f"a worker's heartbeat is {state.skew:.0f}s ahead of Redis' clock: liveness cannot be "
+                          "judged", detail)
+        if state.truncated:
+            raise Refused(f"more than max_held {engine.max_held} held jobs: not all could be judged", detail)
+        if len(dead) > spec.max_items:
+            raise Refused(f"{len(dead)} held jobs to give back, more than max_items {spec.max_items}", detail)
+        holders: dict[Evidence, list[HeldJob]] = defaultdict(list)
+        for job in dead:
+            holders[detection.evidence_of(engine, job)].append(job)
+        given: list[HeldJob] = []
+        async with client.pipeline(transaction=True) as pipe:
+            for holder, jobs in holders.items():
+                given += await self._attempts(pipe, engine, holder, jobs, ctx.dry_run)
+        queues = sorted({h.queue for h in given})
+        detail["given_back"] = {q: [h.job for h in given if h.queue == q][:50] for q in queues}
+        rows = [{"queue": h.queue, "job": h.job, "worker": h.worker} for h in given]
+        if given and not ctx.dry_run:
+            started = time.monotonic()
+            unmoved = await _unmoved(client, engine, given, spec.window)
+            detail["waited_seconds"] = round(time.monotonic() - started, 3)
+            if unmoved:
+                raise StepFailed(f"work given back to {', '.join(unmoved)} was not picked up within {spec.window:g}s "
+                                 "(no live worker takes it?)", detail)
+        return StepResult(rows=len(given), detail=detail, rows_returned=rows)
+
+    @staticmethod
+    async def _attempts(pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],
+                        dry_run: bool) -> list[HeldJob]:
+        for _ in range(ATTEMPTS):
+            try:
+                return await _give_back(pipe, engine, holder, jobs, dry_run)
+            except WatchError:
+                await pipe.reset()  # type: ignore[no-untyped-call]
+        raise StepFailed(f"the keys of {holder.key} kept changing; gave up after {ATTEMPTS} attempts")
