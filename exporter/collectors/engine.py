@@ -5,7 +5,7 @@ work whose holder is dead by the engine's own evidence (`taskmedic.detection.eng
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exporter.collectors.redis_base import RedisQueueCollector, systems_of_type
 from exporter.config import ExporterConfig
@@ -16,8 +16,11 @@ from taskmedic.detection import engine
 
 @dataclass
 class EngineQueueCollector(RedisQueueCollector):
+    # when each `key` heartbeat was first seen missing, across cycles (its dead_after)
+    _absences: engine.Absences = field(default_factory=engine.Absences, init=False, repr=False)
+
     async def collect(self) -> list[Sample]:
-        state = await engine.observe(self.client, self.source)
+        state = await engine.observe(self.client, self.source, self._absences)
         system = self.system_name
         reason = engine.engine_of(self.source).reason
         held = Counter(h.queue for h in state.held)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -63,8 +64,9 @@ def _args(write: Write, names: dict[str, str], now: float) -> list[str]:
             for a in write.args]
 
 
-def _writes(engine: RedisEngine, jobs: list[HeldJob], now: float) -> list[tuple[str, ...]]:
-    """The commands that give these jobs (one holder's) back, as the engine's recovery does."""
+def _writes(engine: RedisEngine, jobs: list[HeldJob], now: float, whole_worker: bool) -> list[tuple[str, ...]]:
+    """The commands that give these jobs (one holder's) back, as the engine's recovery does; the
+    per-worker writes too when they are all the worker holds (`whole_worker`)."""
     recovery = engine.recovery
     assert recovery is not None
     holding = engine.holding
@@ -85,32 +87,54 @@ def _writes(engine: RedisEngine, jobs: list[HeldJob], now: float) -> list[tuple[
             out.append(("DEL", wire.render(holding.key, **names)))
         out += [(w.command.upper(), *_args(w, names, now)) for w in recovery.also]
     worker = jobs[0].worker if jobs else None
-    if worker is not None:
+    if worker is not None and whole_worker:
         out += [(w.command.upper(), *_args(w, {"worker": worker}, now)) for w in recovery.per_worker]
     return out
 
 
+async def _exhausted(pipe: Pipeline, engine: RedisEngine, job: HeldJob) -> bool:
+    """Whether the engine's own recovery would give up on this job (its attempts counter)."""
+    attempts = engine.recovery.attempts if engine.recovery is not None else None
+    if attempts is None:
+        return False
+    key = wire.render(attempts.key, **job.names())
+    raw = await pipe.hget(key, attempts.field) if attempts.field is not None else await pipe.get(key)
+    try:
+        return int(raw or 0) >= attempts.max
+    except ValueError:
+        return True  # a counter the engine did not write: not ours to judge
+
+
+@dataclass
+class GivenBack:
+    given: list[HeldJob] = field(default_factory=list)
+    exhausted: list[HeldJob] = field(default_factory=list)  # at the engine's attempts limit: left alone
+
+
 async def _give_back(pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],
-                     dry_run: bool) -> list[HeldJob]:
-    """Give back one dead holder's jobs, if it is still dead; the jobs given back."""
+                     absences: detection.Absences, dry_run: bool) -> GivenBack:
+    """Give back one dead holder's jobs, if it is still dead."""
     watched = {j.key for j in jobs} | {holder.key}
     if engine.holding.type == "lock":
         watched |= {wire.render(engine.holding.key, **j.names()) for j in jobs}
     await pipe.watch(*sorted(watched))
     now = redis_now(await pipe.time())
-    judged, _ = detection.verdict(engine, await detection.ask(pipe, engine, holder), now)
+    raw = await detection.ask(pipe, engine, holder)
+    judged, _ = detection.verdict(engine, raw, now, absences, holder.key)
     if judged != "dead":
         await pipe.reset()  # type: ignore[no-untyped-call]
-        return []
+        return GivenBack()
     still = [j for j in jobs if await detection.still_held(pipe, engine, j)]
+    exhausted = [j for j in still if await _exhausted(pipe, engine, j)]
+    still = [j for j in still if j not in exhausted]
     if dry_run or not still:
         await pipe.reset()  # type: ignore[no-untyped-call]
-        return still
+        return GivenBack(still, exhausted)
     pipe.multi()  # type: ignore[no-untyped-call]
-    for command in _writes(engine, still, now):
+    for command in _writes(engine, still, now, whole_worker=not exhausted):
         pipe.execute_command(*command)
     await pipe.execute()
-    return still
+    return GivenBack(still, exhausted)
 
 
 async def _picked_up(client: Any, engine: RedisEngine, job: HeldJob) -> bool:
@@ -158,7 +182,8 @@ class EngineStep(StepType[EngineSpec]):
 
     async def _run(self, spec: EngineSpec, ctx: RunContext, source: QueueSource, client: Any) -> StepResult:
         engine = detection.engine_of(source)
-        state = await detection.observe(client, source)
+        absences = detection.Absences()
+        state = await self._observe(client, source, absences)
         dead = state.dead
         detail: dict[str, Any] = {"system": spec.system, "engine": engine.name, "held": len(state.held),
                                   "dead": [h.job for h in dead][:50], "unknown": len(state.unknown)}
@@ -173,9 +198,17 @@ class EngineStep(StepType[EngineSpec]):
         for job in dead:
             holders[detection.evidence_of(engine, job)].append(job)
         given: list[HeldJob] = []
+        exhausted: list[HeldJob] = []
         async with client.pipeline(transaction=True) as pipe:
             for holder, jobs in holders.items():
-                given += await self._attempts(pipe, engine, holder, jobs, ctx.dry_run)
+                done = await self._attempts(pipe, engine, holder, jobs, absences, ctx.dry_run)
+                given += done.given
+                exhausted += done.exhausted
+        if exhausted:
+            detail["exhausted"] = [h.job for h in exhausted][:50]
+            if not given:
+                raise Refused(f"{len(exhausted)} held job(s) reached the engine's attempts limit and are left for a "
+                              "person (the engine itself would fail them)", detail)
         queues = sorted({h.queue for h in given})
         detail["given_back"] = {q: [h.job for h in given if h.queue == q][:50] for q in queues}
         rows = [{"queue": h.queue, "job": h.job, "worker": h.worker} for h in given]
@@ -189,11 +222,23 @@ class EngineStep(StepType[EngineSpec]):
         return StepResult(rows=len(given), detail=detail, rows_returned=rows)
 
     @staticmethod
+    async def _observe(client: Any, source: QueueSource, absences: detection.Absences) -> detection.EngineState:
+        """The engine judged; a `key` heartbeat seen missing is watched until it has been missing
+        for its dead_after (or comes back) before its holders count as dead."""
+        engine = detection.engine_of(source)
+        state = await detection.observe(client, source, absences)
+        dead_after = engine.heartbeat.dead_after if engine.heartbeat is not None else None
+        while (wait := absences.pending(state.now, dead_after)) > 0:
+            await asyncio.sleep(min(wait, POLL * 5))
+            state = await detection.observe(client, source, absences)
+        return state
+
+    @staticmethod
     async def _attempts(pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],
-                        dry_run: bool) -> list[HeldJob]:
+                        absences: detection.Absences, dry_run: bool) -> GivenBack:
         for _ in range(ATTEMPTS):
             try:
-                return await _give_back(pipe, engine, holder, jobs, dry_run)
+                return await _give_back(pipe, engine, holder, jobs, absences, dry_run)
             except WatchError:
                 await pipe.reset()  # type: ignore[no-untyped-call]
         raise StepFailed(f"the keys of {holder.key} kept changing; gave up after {ATTEMPTS} attempts")

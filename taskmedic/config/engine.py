@@ -143,23 +143,25 @@ class Heartbeat(Model):
 
     - `zset`: its score in one sorted set (`member`, default {worker}) is its last beat;
     - `hash`: a hash per worker (`key` with {worker}) whose `field` is its last beat;
-    - `key`: the key exists (its expiry is the engine's own death rule)."""
+    - `key`: the key exists (its expiry is the engine's own death rule); with `dead_after`, only a
+      key that stays missing that long is death (arq deletes its queue's shared health key when
+      any one worker stops gracefully, while the others run on and rewrite it)."""
 
     type: Literal["zset", "hash", "key"]
     key: KeyTemplate
     member: KeyTemplate = "{worker}"
     field: str | None = None
     unit: Clock = "s"
-    dead_after: Duration | None = Field(default=None, gt=0)  # zset/hash: a beat older than this is death
+    # zset/hash: a beat older than this is death; key: missing for this long is death
+    dead_after: Duration | None = Field(default=None, gt=0)
     missing: Literal["dead", "unknown"] = "unknown"  # no beat at all for a holder that holds work
 
     @model_validator(mode="after")
     def _check(self) -> Heartbeat:
         if (self.type == "hash") != (self.field is not None):
             raise ValueError("heartbeat.field is the beat of a `hash` heartbeat, and only of it")
-        if (self.type == "key") != (self.dead_after is None):
-            raise ValueError("heartbeat.dead_after is needed for a zset or hash heartbeat (how old a beat means "
-                             "death) and not taken by a `key` heartbeat (its expiry is the rule)")
+        if self.type != "key" and self.dead_after is None:
+            raise ValueError("heartbeat.dead_after is needed for a zset or hash heartbeat: how old a beat means death")
         _uses(self.key, {"worker", "queue"}, "heartbeat.key")
         _uses(self.member, {"worker", "queue"}, "heartbeat.member")
         return self
@@ -186,6 +188,20 @@ def _write(value: object) -> object:
 Writes = list[Annotated[Write, BeforeValidator(_write)]]
 
 
+class Attempts(Model):
+    """A counter the engine keeps per job, and the count at which its recovery gives up on the job
+    instead of giving it back (BullMQ fails a job stalled more than maxStalledCount times)."""
+
+    key: KeyTemplate  # with {queue} and/or {job}: a hash (with `field`) or a plain counter
+    field: str | None = None
+    max: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Attempts:
+        _uses(self.key, {"queue", "job"}, "recovery.attempts.key")
+        return self
+
+
 class Recovery(Model):
     """What the engine itself does to give a dead holder's job back; the `engine` step does the
     same, atomically per holder (its keys WATCHed, so a holder that beats again is left alone)."""
@@ -197,6 +213,7 @@ class Recovery(Model):
     value: Literal["job_id", "job"] = "job_id"  # the id, or the job itself (a hash holding's job_field)
     also: Writes = Field(default_factory=list)  # per job given back: {queue}, {worker}, {job}
     per_worker: Writes = Field(default_factory=list)  # once per dead worker, after its jobs: {worker}
+    attempts: Attempts | None = None  # a job whose counter reached `max` is not given back (a person looks)
 
     @model_validator(mode="after")
     def _check(self) -> Recovery:

@@ -8,6 +8,7 @@ Held work whose holder's evidence is missing (with `missing: unknown`) or dated 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -251,11 +252,36 @@ async def read_evidence(client: aioredis.Redis, engine: RedisEngine,
         return dict(zip(unique, await pipe.execute(), strict=True))
 
 
-def verdict(engine: RedisEngine, raw: Any, now: float) -> tuple[Verdict, float]:
+@dataclass
+class Absences:
+    """When each `key` heartbeat was first seen missing, by Redis' clock: with `dead_after`, a key
+    is death only once it has stayed missing that long. The exporter keeps one across cycles;
+    the `engine` step watches for that long before it acts."""
+
+    since: dict[str, float] = field(default_factory=dict)
+
+    def judge(self, key: str, present: bool, now: float, dead_after: float | None) -> Verdict:
+        if present:
+            self.since.pop(key, None)
+            return "alive"
+        first = self.since.setdefault(key, now)
+        return "dead" if dead_after is None or now - first >= dead_after else "alive"
+
+    def pending(self, now: float, dead_after: float | None) -> float:
+        """How long until a key seen missing, not yet for `dead_after`, would be death (0: none)."""
+        if dead_after is None:
+            return 0.0
+        return max((first + dead_after - now for first in self.since.values()), default=0.0)
+
+
+def verdict(engine: RedisEngine, raw: Any, now: float, absences: Absences | None = None,
+            key: str = "") -> tuple[Verdict, float]:
     """What the evidence says of its holder, and how far its beat is ahead of `now`."""
     beat = engine.heartbeat
-    if beat is None or beat.type == "key":
+    if beat is None:
         return ("alive" if raw else "dead"), 0.0
+    if beat.type == "key":
+        return (absences or Absences()).judge(key, bool(raw), now, beat.dead_after), 0.0
     return _beat_verdict(beat, wire.seconds(raw, beat.unit), now, engine.clock_tolerance)
 
 
@@ -281,19 +307,24 @@ async def still_held(client: Any, engine: RedisEngine, job: HeldJob) -> bool:
     return bool(await client.exists(wire.render(engine.holding.key, **job.names())))
 
 
-async def observe(client: aioredis.Redis, source: QueueSource) -> EngineState:
+async def observe(client: aioredis.Redis, source: QueueSource, absences: Absences | None = None) -> EngineState:
     """The engine now: its queues, the work held, and each holder judged by its evidence. A job
     judged dead is read again afterwards, so one that finished in between is not counted."""
+    absences = absences if absences is not None else Absences()
     engine = engine_of(source)
     state = EngineState(redis_now(await client.time()))
     queues = await discover_queues(client, source)
     state.queues = await read_queues(client, engine, queues)
     held, state.truncated = await read_held(client, engine, queues)
+    if engine.holding.type == "lock":  # a running job stays a member of its queue: not waiting
+        running = Counter(h.queue for h in held)
+        state.queues = {q: QueueState(max(s.depth - running[q], 0), s.oldest_at) for q, s in state.queues.items()}
     evidence = [evidence_of(engine, h) for h in held]
     raw = await read_evidence(client, engine, evidence)
     now = redis_now(await client.time())
+    absences.since = {k: t for k, t in absences.since.items() if k in {ev.key for ev in evidence}}
     for job, ev in zip(held, evidence, strict=True):
-        judged, ahead = verdict(engine, raw[ev], now)
+        judged, ahead = verdict(engine, raw[ev], now, absences, ev.key)
         if judged == "dead" and not await still_held(client, engine, job):
             continue  # it finished between the reads
         state.held.append(job)
