@@ -25,7 +25,7 @@ from tests.workers.bullmq_harness import (
 
 QUEUE = "renders"
 # Short enough for a quick test, long enough that a loaded machine does not stall a live job:
-# the lock is renewed every ~1-1.5 s (lockDuration / 2, checked every lockDuration / 4).
+# the lock is renewed about every lockDuration / 4 (0.75 s), each time back to 3 s.
 FAST = {"lock_duration_ms": 3000, "stalled_interval_ms": 1000}
 
 
