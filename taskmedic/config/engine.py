@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from taskmedic.config.types import Duration, Model, Name
+from taskmedic.config.types import Duration, Model, Name, Regex
 
 PLACEHOLDERS = frozenset({"queue", "worker", "job"})
 Clock = Literal["s", "ms", "iso8601"]  # seconds or milliseconds since the epoch, or an ISO 8601 UTC time
@@ -62,6 +62,7 @@ class EngineQueues(Model):
     take_from: Literal["left", "right"] = "left"  # list: the end workers consume from (its oldest item)
     listed_in: str | None = None  # a set whose members are the queue names (Sidekiq's `queues`)
     marker: KeyTemplate | None = None  # with {queue}: a key that exists per queue, found by SCAN
+    ignore: Regex | None = None  # discovered names that are not queues of waiting work (Dramatiq's `<q>.XQ`)
 
     @model_validator(mode="after")
     def _check(self) -> EngineQueues:

@@ -8,6 +8,7 @@ Held work whose holder's evidence is missing (with `missing: unknown`) or dated 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ async def discover_queues(client: aioredis.Redis, source: QueueSource) -> list[s
                 names.add(found["queue"])
             if len(names) >= source.max_queues:
                 break
+    if spec.ignore is not None:
+        ignored = re.compile(spec.ignore)
+        names = {n for n in names if not ignored.search(n)}
     return sorted(names)[: source.max_queues]
 
 
