@@ -132,6 +132,43 @@ def test_people_are_paged_when_healing_did_not_work(config: Path) -> None:
     assert receivers(config, {"alertname": "TaskmedicDiskSpaceLow", "severity": "info", "path": "/srv"}) == ["quiet"]
 
 
+def uncommented_examples(config: Path) -> str:
+    """The config as an operator enables the commented example routes: `# ` removed from them."""
+    return re.sub(r"(?m)^    # (- matchers:|  <<:|  group_\w+:)", r"    \1", config.read_text(encoding="utf-8"))
+
+
+def example_playbooks(text: str) -> list[str]:
+    return [name for name, match in shipped_playbooks() if f'alertname="{match["alertname"]}"' in text
+            and all(f'{k}="{v}"' in text for k, v in sample_labels(match).items())]
+
+
+@pytest.mark.parametrize("config", [COMPOSE_CONFIG, K8S_CONFIG], ids=["compose", "kubernetes"])
+def test_the_example_routes_work_once_uncommented(config: Path, tmp_path: Path) -> None:
+    """Each commented route, uncommented, sends its playbook's alert to the remediator alone with
+    its own matchers and its own timings (Alertmanager merges `<<:` in place)."""
+    enabled = tmp_path / "alertmanager.yml"
+    enabled.write_text(uncommented_examples(config), encoding="utf-8")
+    books = example_playbooks(enabled.read_text(encoding="utf-8"))
+    assert {"cape-free-disk.yml", "sidekiq-capture-expiring-jobs.yml"} <= set(books)
+    for name, match in shipped_playbooks():
+        if name in books:
+            labels = sample_labels(match)
+            for severity in severities(labels["alertname"]):
+                assert receivers(enabled, {**labels, "severity": severity}) == ["taskmedic-remediator"], name
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = ["prometheus-alertmanager", f"--config.file={enabled}", f"--storage.path={tmp_path}",
+            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
+    with running(argv, tmp_path / "alertmanager.log"):
+        wait_http(f"{url}/-/ready")
+        with urllib.request.urlopen(f"{url}/api/v2/status", timeout=10) as response:
+            loaded = yaml.safe_load(json.load(response)["config"]["original"])  # as Alertmanager parsed it
+    routes = {tuple(sorted(r["matchers"])): r for r in loaded["route"]["routes"]}
+    sidekiq = routes[('alertname="TaskmedicHeldWorkExpiring"', 'reason="expiring"', 'system="sidekiq"')]
+    assert (sidekiq["receiver"], sidekiq["group_wait"], sidekiq["group_interval"]) == (
+        "taskmedic-remediator", "2s", "5s")
+
+
 # --------------------------------------------------------------------------------------------
 # Inhibition, in a real Alertmanager
 

@@ -90,7 +90,9 @@ def _yaml(data: Any) -> str:
 
 def rules_file(header: str, groups: list[dict[str, Any]]) -> str:
     comment = "".join(f"# {line}".rstrip() + "\n" for line in header.rstrip("\n").split("\n"))
-    body = [{"name": g["name"], "rules": [_rule(r) for r in g["rules"]]} for g in groups]
+    # A group's own evaluation interval (when it has one) comes before its rules, as people write it.
+    body = [{"name": g["name"], **({"interval": g["interval"]} if "interval" in g else {}),
+             "rules": [_rule(r) for r in g["rules"]]} for g in groups]
     # A blank line between rules, as people write them.
     return RULES_HEADER + comment + _yaml({"groups": body}).replace("\n  - alert: ", "\n\n  - alert: ").replace(
         "rules:\n\n", "rules:\n")

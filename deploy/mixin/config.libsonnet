@@ -33,6 +33,13 @@
     judgementUntrustedFor: '10m',
     waitingStatusRegex: '(?i)pending|scheduled|queued|new|runnable',
 
+    // Job engines. Work that the engine itself drops soon after its worker dies (reason
+    // `expiring`: a Sidekiq process' running jobs expire with its keys 60 s after its last beat)
+    // cannot wait for stuckTasksFor: TaskmedicHeldWorkExpiring fires at once, in a group evaluated
+    // this often whatever Prometheus' global evaluation_interval is (default 1m: too late).
+    heldWorkExpiringFor: '0m',
+    heldWorkEvaluationInterval: '5s',
+
     // Queues.
     queueBacklogMessages: 1000,
     queueBacklogWindow: '30m',

@@ -213,6 +213,8 @@ def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str,
                f"            tasks: {{stuck: {{process_gone: {{engine: '{engine}', min_age: 0s}},\n"  # judged at once
                f"                            no_progress: {{engine: '{engine}', min_age: 0s}}}}}}}}\n"
                f"  celery: {{profile: celery, redis: '{site.redis_url}'}}\n"
-               f"  rq: {{profile: rq, redis: '{site.redis_url}'}}\n")
+               f"  rq: {{profile: rq, redis: '{site.redis_url}'}}\n"
+               + "".join(f"  {engine}: {{profile: {engine}, redis: '{site.redis_url}'}}\n"
+                         for engine in ("dramatiq", "bullmq", "sidekiq", "arq")))
     books = [edit(book.read_text()) for book in sorted(SHIPPED.glob("*.yml"))]
     return load_setup(str(site.write(*books, systems=systems, sections=sections))), timesketch

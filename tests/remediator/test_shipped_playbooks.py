@@ -3,8 +3,13 @@ schemas: the stuck work is healed, the healthy-but-slow work is not touched."""
 
 from __future__ import annotations
 
+import json
+import threading
 import uuid
 from pathlib import Path
+
+import redis
+import yaml
 
 from remediator.config import load_setup
 from tests.engines import engine_program, reaped, start_engine, start_look_alikes
@@ -16,7 +21,10 @@ from tests.workers.celery_run import answers, celery_worker
 
 def test_every_shipped_playbook_is_valid(site: Site, pg: PostgresServer) -> None:
     setup, _ = shipped(site, pg)
-    assert {p.name for p in setup.playbooks} >= {"cape-fail-stale-pending", "timesketch-fail-orphaned-timelines"}
+    names = {yaml.safe_load(book.read_text())["name"] for book in SHIPPED.glob("*.yml")}
+    assert {p.name for p in setup.playbooks} == names
+    assert names >= {"cape-fail-stale-pending", "timesketch-fail-orphaned-timelines", "dramatiq-give-back-held-work",
+                     "bullmq-give-back-stalled-jobs", "sidekiq-capture-expiring-jobs", "arq-give-back-held-work"}
 
 
 async def test_cape_playbook_fails_stale_pending_and_leaves_fresh_ones(site: Site, pg: PostgresServer) -> None:
@@ -186,3 +194,94 @@ async def test_cape_free_disk_dry_run_lists_only_finished_tasks_analyses(site: S
     finished = site.cape.sql("select id from tasks where status = 'reported' order by id").splitlines()
     assert sorted(report.steps[1].detail["entries"]) == sorted(finished)
     assert len(list(analyses.iterdir())) == 4  # a dry run removes nothing
+
+
+# --------------------------------------------------------------------------------------------
+# The job engines' playbooks (profiles dramatiq, bullmq, sidekiq, arq), each system named like its
+# profile: one dead holder and, where the engine has one per worker, one live holder, as each
+# engine lays them out in Redis.
+
+SIDEKIQ_DEAD, SIDEKIQ_LIVE = "host-a:111:dead0", "host-b:222:live0"
+
+
+def sidekiq_job(jid: str, now: float) -> str:
+    return json.dumps({"class": "HardJob", "args": [jid], "jid": jid, "queue": "default", "enqueued_at": now - 50})
+
+
+def seed_engines(r: redis.Redis) -> dict[str, str]:
+    """Each engine's work held by a dead and a live holder; the dead holder's job per playbook."""
+    seconds, micros = r.time()
+    now = seconds + micros / 1e6
+    ms = int(now * 1000)
+    # Dramatiq: ack sets per worker and queue, beats in one sorted set (ms)
+    r.hset("dramatiq:default.msgs", mapping={m: json.dumps({"message_id": m, "message_timestamp": ms - 90_000})
+                                             for m in ("m-dead", "m-live")})
+    r.sadd("dramatiq:__acks__.deadworker.default", "m-dead")
+    r.sadd("dramatiq:__acks__.liveworker.default", "m-live")
+    r.zadd("dramatiq:__heartbeats__", {"deadworker": ms - 120_000, "liveworker": ms})
+    # BullMQ: the active list, a lock per running job (job 2's worker lives)
+    r.hset("bull:mail:meta", "opts.maxLenEvents", "10000")
+    for job in ("1", "2"):
+        r.hset(f"bull:mail:{job}", mapping={"name": "send", "data": "{}", "timestamp": str(ms - 60_000)})
+        r.lpush("bull:mail:active", job)
+    r.set("bull:mail:2:lock", "worker-token", px=30_000)
+    # Sidekiq: processes beat into their hash (s); their running jobs' only copy is <identity>:workers
+    r.sadd("queues", "default")
+    r.sadd("processes", SIDEKIQ_DEAD, SIDEKIQ_LIVE)
+    for identity, jid, beat in ((SIDEKIQ_DEAD, "jid-dead", now - 30), (SIDEKIQ_LIVE, "jid-live", now)):
+        r.hset(identity, mapping={"beat": str(beat), "busy": "1", "quiet": "false"})
+        r.hset(f"{identity}:workers", "tid-1",
+               json.dumps({"queue": "default", "payload": sidekiq_job(jid, now), "run_at": int(now) - 40}))
+    # arq: a running job stays in the queue, marked in progress; no worker wrote the health check
+    r.zadd("arq:queue", {"arq-job": ms - 600_000})
+    r.set("arq:in-progress:arq-job", "1", px=300_000)
+    return {"dramatiq-give-back-held-work": "m-dead", "bullmq-give-back-stalled-jobs": "1",
+            "sidekiq-capture-expiring-jobs": "jid-dead", "arq-give-back-held-work": "arq-job"}
+
+
+async def test_engine_playbooks_find_only_work_whose_holder_is_dead(site: Site, pg: PostgresServer) -> None:
+    """Each engine playbook, as shipped, acts on its system's dead holder only; a dry run changes
+    nothing."""
+    setup, _ = shipped(site, pg)
+    r = redis.Redis.from_url(site.redis_url)
+    expected = seed_engines(r)
+    before = {key: r.dump(key) for key in r.scan_iter()}
+    for name, job in expected.items():
+        book = setup.playbook(name)
+        assert book is not None
+        labels = {key: value for key, value in book.match.items() if value is not None}
+        report = await execute(setup, labels, dry_run=True, playbook=name)
+        assert report.outcome == "dry_run", (name, report.error)
+        (step,) = report.steps
+        assert step.rows == 1 and list(step.detail["given_back"].values()) == [[job]], (name, step.detail)
+    assert {key: r.dump(key) for key in r.scan_iter()} == before
+
+
+async def test_sidekiq_playbook_captures_the_jobs_of_a_dead_process_before_they_expire(
+        site: Site, pg: PostgresServer) -> None:
+    """The dead process' job goes back onto its queue, where a consumer fetching as Sidekiq does
+    (BRPOP) takes it next; the process is forgotten; the live process and its job are untouched."""
+    setup, _ = shipped(site, pg)
+    r = redis.Redis.from_url(site.redis_url)
+    seed_engines(r)
+    live_before = r.hgetall(f"{SIDEKIQ_LIVE}:workers")
+    dead_payload = json.loads(r.hget(f"{SIDEKIQ_DEAD}:workers", "tid-1") or b"{}")["payload"]
+    fetched: list[bytes] = []
+    consumer = threading.Thread(target=lambda: fetched.extend(
+        redis.Redis.from_url(site.redis_url).brpop(["queue:default"], timeout=30) or []))
+    consumer.start()
+    try:
+        report = await execute(setup, {"alertname": "TaskmedicHeldWorkExpiring", "system": "sidekiq",
+                                       "reason": "expiring"}, playbook="sidekiq-capture-expiring-jobs")
+    finally:
+        if not fetched:
+            r.rpush("queue:default", "{}")  # let the consumer go when nothing was captured
+        consumer.join(timeout=35)
+    assert report.outcome == "succeeded", report.error
+    assert fetched == [b"queue:default", dead_payload.encode()]
+    assert not r.exists(SIDEKIQ_DEAD, f"{SIDEKIQ_DEAD}:workers")
+    assert r.smembers("processes") == {SIDEKIQ_LIVE.encode()}
+    assert r.hgetall(f"{SIDEKIQ_LIVE}:workers") == live_before
+    again = await execute(setup, {"alertname": "TaskmedicHeldWorkExpiring", "system": "sidekiq",
+                                  "reason": "expiring"}, playbook="sidekiq-capture-expiring-jobs")
+    assert again.outcome == "skipped"

@@ -7,7 +7,9 @@ local lib = import '../lib.libsonnet';
         local c = $._config,
         file:: 'queues.rules.yml',
         header:: |||
-          Broker queues (Celery lists incl. priority sub-queues, RQ rq:queue:<name>, Harbor job lists).
+          Broker queues (Celery lists incl. priority sub-queues, RQ rq:queue:<name>, Harbor job lists,
+          and the job engines' queues: Dramatiq dramatiq:<queue>, BullMQ bull:<queue>:wait, Sidekiq
+          queue:<name>, arq arq:queue). Work a worker holds is taskmedic_queue_unacked, not depth.
 
           "Not draining" is deriv() >= 0 over the window: a large backlog that consumers are working
           through (negative slope) is slow but healthy and does not fire.
