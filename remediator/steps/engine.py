@@ -11,6 +11,7 @@ configuration (`queues: {type: engine}`), the way the engine's own recovery does
    held them, and the engine's further writes done (`also`, `per_worker`). A holder that beats
    again in between, or a job that finished, is left alone; a second run finds nothing: each job
    is given back once.
+   With `watch`, holders that die within that long after are judged and given back the same way.
 3. Verify: within `window`, every queue that got work back has some of it picked up (it left
    the queue); else the step fails. The given-back work stays given back (it is recorded).
 """
@@ -43,6 +44,8 @@ class EngineSpec(StepSpec):
     system: Name
     window: Duration = Field(default=60.0, gt=0, le=600)  # the given-back work must be picked up within it
     max_items: int = Field(default=100, ge=0)  # more held jobs to give back → refused, nothing changed
+    # after giving back, keep giving back the work of holders that die within this long
+    watch: Duration = Field(default=0.0, ge=0, le=300)
 
     def systems(self) -> list[tuple[str, Need]]:
         return [(self.system, "redis")]
@@ -183,32 +186,16 @@ class EngineStep(StepType[EngineSpec]):
     async def _run(self, spec: EngineSpec, ctx: RunContext, source: QueueSource, client: Any) -> StepResult:
         engine = detection.engine_of(source)
         absences = detection.Absences()
-        state = await self._observe(client, source, absences)
-        dead = state.dead
-        detail: dict[str, Any] = {"system": spec.system, "engine": engine.name, "held": len(state.held),
-                                  "dead": [h.job for h in dead][:50], "unknown": len(state.unknown)}
-        if state.skew > engine.clock_tolerance:
-            raise Refused(f"a worker's heartbeat is {state.skew:.0f}s ahead of Redis' clock: liveness cannot be "
-                          "judged", detail)
-        if state.truncated:
-            raise Refused(f"more than max_held {engine.max_held} held jobs: not all could be judged", detail)
-        if len(dead) > spec.max_items:
-            raise Refused(f"{len(dead)} held jobs to give back, more than max_items {spec.max_items}", detail)
-        holders: dict[Evidence, list[HeldJob]] = defaultdict(list)
-        for job in dead:
-            holders[detection.evidence_of(engine, job)].append(job)
-        given: list[HeldJob] = []
-        exhausted: list[HeldJob] = []
-        async with client.pipeline(transaction=True) as pipe:
-            for holder, jobs in holders.items():
-                done = await self._attempts(pipe, engine, holder, jobs, absences, ctx.dry_run)
-                given += done.given
-                exhausted += done.exhausted
-        if exhausted:
-            detail["exhausted"] = [h.job for h in exhausted][:50]
-            if not given:
-                raise Refused(f"{len(exhausted)} held job(s) reached the engine's attempts limit and are left for a "
-                              "person (the engine itself would fail them)", detail)
+        detail: dict[str, Any] = {"system": spec.system, "engine": engine.name}
+        done = await self._round(spec, ctx, client, source, absences, spec.max_items, detail)
+        if done.exhausted and not done.given:
+            raise Refused(f"{len(done.exhausted)} held job(s) reached the engine's attempts limit and are left for "
+                          "a person (the engine itself would fail them)", detail)
+        if spec.watch and not ctx.dry_run:
+            await self._watch(spec, ctx, client, source, absences, done, detail)
+        if done.exhausted:
+            detail["exhausted"] = [h.job for h in done.exhausted][:50]
+        given = done.given
         queues = sorted({h.queue for h in given})
         detail["given_back"] = {q: [h.job for h in given if h.queue == q][:50] for q in queues}
         rows = [{"queue": h.queue, "job": h.job, "worker": h.worker} for h in given]
@@ -220,6 +207,50 @@ class EngineStep(StepType[EngineSpec]):
                 raise StepFailed(f"work given back to {', '.join(unmoved)} was not picked up within {spec.window:g}s "
                                  "(no live worker takes it?)", detail)
         return StepResult(rows=len(given), detail=detail, rows_returned=rows)
+
+    async def _round(self, spec: EngineSpec, ctx: RunContext, client: Any, source: QueueSource,
+                     absences: detection.Absences, budget: int, detail: dict[str, Any]) -> GivenBack:
+        """Judge, check the guards (Refused before any write), and give back each dead holder's work."""
+        engine = detection.engine_of(source)
+        state = await self._observe(client, source, absences)
+        dead = state.dead
+        detail.update({"held": len(state.held), "dead": [h.job for h in dead][:50], "unknown": len(state.unknown)})
+        if state.skew > engine.clock_tolerance:
+            raise Refused(f"a worker's heartbeat is {state.skew:.0f}s ahead of Redis' clock: liveness cannot be "
+                          "judged", detail)
+        if state.truncated:
+            raise Refused(f"more than max_held {engine.max_held} held jobs: not all could be judged", detail)
+        if len(dead) > budget:
+            raise Refused(f"{len(dead)} held jobs to give back, more than max_items {spec.max_items}"
+                          + (f" ({spec.max_items - budget} given back already)" if budget < spec.max_items else ""),
+                          detail)
+        holders: dict[Evidence, list[HeldJob]] = defaultdict(list)
+        for job in dead:
+            holders[detection.evidence_of(engine, job)].append(job)
+        out = GivenBack()
+        async with client.pipeline(transaction=True) as pipe:
+            for holder, jobs in holders.items():
+                done = await self._attempts(pipe, engine, holder, jobs, absences, ctx.dry_run)
+                out.given += done.given
+                out.exhausted += done.exhausted
+        return out
+
+    async def _watch(self, spec: EngineSpec, ctx: RunContext, client: Any, source: QueueSource,
+                     absences: detection.Absences, done: GivenBack, detail: dict[str, Any]) -> None:
+        """Keep giving back the work of holders that die within `watch` (a lost node's workers stop
+        beating up to a beat apart, under one alert that will not be delivered again)."""
+        deadline = time.monotonic() + spec.watch
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(POLL * 5, max(deadline - time.monotonic(), 0)))
+            more: dict[str, Any] = {}
+            try:
+                late = await self._round(spec, ctx, client, source, absences,
+                                         spec.max_items - len(done.given), more)
+            except Refused as e:
+                detail["watch_stopped"] = str(e)
+                return
+            done.given += late.given
+            done.exhausted += [h for h in late.exhausted if h not in done.exhausted]
 
     @staticmethod
     async def _observe(client: Any, source: QueueSource, absences: detection.Absences) -> detection.EngineState:
