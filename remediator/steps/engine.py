@@ -191,7 +191,7 @@ class EngineStep(StepType[EngineSpec]):
         if done.exhausted and not done.given:
             raise Refused(f"{len(done.exhausted)} held job(s) reached the engine's attempts limit and are left for "
                           "a person (the engine itself would fail them)", detail)
-        if spec.watch and not ctx.dry_run:
+        if spec.watch and done.given and not ctx.dry_run:
             await self._watch(spec, ctx, client, source, absences, done, detail)
         if done.exhausted:
             detail["exhausted"] = [h.job for h in done.exhausted][:50]

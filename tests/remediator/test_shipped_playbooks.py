@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -208,6 +209,13 @@ def sidekiq_job(jid: str, now: float) -> str:
     return json.dumps({"class": "HardJob", "args": [jid], "jid": jid, "queue": "default", "enqueued_at": now - 50})
 
 
+def beat(url: str, identity: str, stop: threading.Event) -> None:
+    """What a live Sidekiq process does every few seconds: write its beat (its own clock)."""
+    client = redis.Redis.from_url(url)
+    while not stop.wait(1.0):
+        client.hset(identity, "beat", str(time.time()))
+
+
 def seed_engines(r: redis.Redis) -> dict[str, str]:
     """Each engine's work held by a dead and a live holder; the dead holder's job per playbook."""
     seconds, micros = r.time()
@@ -270,6 +278,9 @@ async def test_sidekiq_playbook_captures_the_jobs_of_a_dead_process_before_they_
     consumer = threading.Thread(target=lambda: fetched.extend(
         redis.Redis.from_url(site.redis_url).brpop(["queue:default"], timeout=30) or []))
     consumer.start()
+    stop = threading.Event()
+    beating = threading.Thread(target=beat, args=(site.redis_url, SIDEKIQ_LIVE, stop), daemon=True)  # through `watch`
+    beating.start()
     try:
         report = await execute(setup, {"alertname": "TaskmedicHeldWorkExpiring", "system": "sidekiq",
                                        "reason": "expiring"}, playbook="sidekiq-capture-expiring-jobs")
@@ -282,6 +293,10 @@ async def test_sidekiq_playbook_captures_the_jobs_of_a_dead_process_before_they_
     assert not r.exists(SIDEKIQ_DEAD, f"{SIDEKIQ_DEAD}:workers")
     assert r.smembers("processes") == {SIDEKIQ_LIVE.encode()}
     assert r.hgetall(f"{SIDEKIQ_LIVE}:workers") == live_before
-    again = await execute(setup, {"alertname": "TaskmedicHeldWorkExpiring", "system": "sidekiq",
-                                  "reason": "expiring"}, playbook="sidekiq-capture-expiring-jobs")
+    try:
+        again = await execute(setup, {"alertname": "TaskmedicHeldWorkExpiring", "system": "sidekiq",
+                                      "reason": "expiring"}, playbook="sidekiq-capture-expiring-jobs")
+    finally:
+        stop.set()
+        beating.join()
     assert again.outcome == "skipped"
