@@ -21,7 +21,7 @@ _JUDGEMENT = ("taskmedic_judgement_trusted", "taskmedic_clock_skew_seconds")
 REGISTRY: dict[str, Kind] = {
     "tasks": Kind(tasks.build, (*_TASK_COUNTS, "taskmedic_task_oldest_age_seconds", *_JUDGEMENT)),
     "celery": Kind(celery.build, (*_QUEUES, *_TASK_COUNTS)),
-    "rq": Kind(rq.build, (*_QUEUES, *_TASK_COUNTS)),
+    "rq": Kind(rq.build, (*_QUEUES, *_TASK_COUNTS, "taskmedic_judgement_trusted")),
     "harbor": Kind(harbor.build, _QUEUES),
     "engine": Kind(engine.build, (*_QUEUES, *_TASK_COUNTS, *_JUDGEMENT)),
     "lists": Kind(lists.build, ("taskmedic_queue_depth",)),

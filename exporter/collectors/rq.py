@@ -1,15 +1,42 @@
-"""RqQueueCollector: RQ's queues and job registries (`taskmedic.wire.rq`). A job in the started
-registry whose score, its lease's end, has passed was abandoned by a dead worker."""
+"""RqQueueCollector: RQ's queues and job registries (`taskmedic.wire.rq`).
+
+Two reasons a started job is stuck:
+- `abandoned`: its started-registry entry's score, its lease's end, has passed (60-90 s after
+  its worker died; RQ's own cleanup fails it up to ~15 min later).
+- `worker_gone`: its worker is dead by RQ's own evidence, lease or not: the worker's key has
+  missed a heartbeat and no connection subscribes to its channel (`rq.liveness`). An entry whose
+  lease has also run out counts under both, so the alert of `worker_gone` is not reset when the
+  lease ends.
+A job whose worker's key says dead while its channel still has a subscriber (an orphaned horse
+still running it, or a half-open connection of a lost host) is not judged: it makes
+`taskmedic_judgement_trusted` 0 until it ends, as does a liveness reply that could not be read
+or more started entries than `max_unacked_scanned`."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from exporter.collectors.redis_base import RedisQueueCollector, systems_of_type
 from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
-from taskmedic.connections import Connections, redis_now
+from taskmedic.connections import Connections, redis_now, redis_text
 from taskmedic.wire import rq
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    queue: str
+    job_id: str
+    worker: str
+
+
+@dataclass(frozen=True)
+class Judged:
+    gone: int = 0
+    orphaned: int = 0
+    unknown: int = 0
 
 
 @dataclass
@@ -30,22 +57,27 @@ class RqQueueCollector(RedisQueueCollector):
                 pipe.llen(rq.queue_key(q))
                 pipe.lindex(rq.queue_key(q), 0)  # RQ pushes right and pops left: index 0 is oldest
                 pipe.zcount(rq.registry_key("started", q), "-inf", now)
+                pipe.zrange(rq.registry_key("started", q), 0, src.max_unacked_scanned - 1)
                 for kind in rq.REGISTRY_PREFIXES:
                     pipe.zcard(rq.registry_key(kind, q))
             replies = await pipe.execute()
-        width = 3 + len(rq.REGISTRY_PREFIXES)
+        width = 4 + len(rq.REGISTRY_PREFIXES)
         heads: dict[str, bytes] = {}
+        entries: list[tuple[str, str]] = []
+        truncated = False
         totals = dict.fromkeys(["queued", *rq.REGISTRY_PREFIXES], 0)
         abandoned = 0
         out: list[Sample] = []
         system = self.system_name
         for i, q in enumerate(queues):
-            depth, head, expired, *sizes = replies[i * width:(i + 1) * width]
+            depth, head, expired, started, *sizes = replies[i * width:(i + 1) * width]
             registry = dict(zip(rq.REGISTRY_PREFIXES, sizes, strict=True))
             totals["queued"] += depth
             for status, n in registry.items():
                 totals[status] += n
             abandoned += expired
+            entries += [(q, redis_text(m)) for m in started]
+            truncated |= registry["started"] > len(started)
             if head:
                 heads[q] = head
             out.append(sample("taskmedic_queue_depth", depth, system=system, queue=q))
@@ -60,10 +92,60 @@ class RqQueueCollector(RedisQueueCollector):
             at = enqueued.get(q)
             out.append(sample("taskmedic_queue_oldest_age_seconds", max(now - at, 0.0) if at else 0.0,
                               system=system, queue=q))
+        judged = await self._judge(await self._started_jobs(entries), src.worker_ttl_below)
         for status, n in totals.items():
             out.append(sample("taskmedic_tasks", n, system=system, status=status))
-        out.append(sample("taskmedic_stuck_tasks", abandoned, system=system, status="started", reason="abandoned"))
+        trusted = not (judged.orphaned or judged.unknown or truncated)
+        out += [sample("taskmedic_stuck_tasks", abandoned, system=system, status="started", reason="abandoned"),
+                sample("taskmedic_stuck_tasks", judged.gone, system=system, status="started", reason="worker_gone"),
+                sample("taskmedic_judgement_trusted", 1 if trusted else 0, system=system)]
         return out
+
+    async def _started_jobs(self, entries: list[tuple[str, str]]) -> list[StartedJob]:
+        """The started-registry entries whose job (the first candidate id whose hash exists) is
+        still `started` and names its worker."""
+        if not entries:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for _, entry in entries:
+                for job_id in rq.job_id_candidates(entry):
+                    pipe.hmget(rq.job_key(job_id), ["status", "worker_name"])
+            replies = iter(await pipe.execute())
+        jobs: list[StartedJob] = []
+        for q, entry in entries:
+            found = [(job_id, next(replies)) for job_id in rq.job_id_candidates(entry)]
+            job = next(((job_id, fields) for job_id, fields in found if fields[0] is not None), None)
+            if job is None:
+                continue
+            job_id, (status, worker) = job
+            if redis_text(status) == "started" and worker:
+                jobs.append(StartedJob(q, job_id, redis_text(worker)))
+        return jobs
+
+    async def _judge(self, jobs: list[StartedJob], ttl_below: float) -> Judged:
+        workers = sorted({j.worker for j in jobs})
+        if not workers:
+            return Judged()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for w in workers:
+                pipe.pttl(rq.worker_key(w))
+                pipe.pubsub_numsub(rq.pubsub_channel(w))
+            replies = await pipe.execute(raise_on_error=False)  # NOPERM on PUBSUB: unknown, not an error
+        verdicts = {w: rq.liveness(_count(replies[2 * i]), _subscribers(replies[2 * i + 1]), ttl_below)
+                    for i, w in enumerate(workers)}
+        per_job = Counter(verdicts[j.worker] for j in jobs)
+        return Judged(gone=per_job["gone"], orphaned=per_job["orphaned"], unknown=per_job["unknown"])
+
+
+def _count(reply: Any) -> int | None:
+    return reply if isinstance(reply, int) else None
+
+
+def _subscribers(reply: Any) -> int | None:
+    """`PUBSUB NUMSUB <channel>` → [(channel, n)]; None for an error reply."""
+    if isinstance(reply, list) and len(reply) == 1:
+        return _count(reply[0][1])
+    return None
 
 
 def build(config: ExporterConfig, connections: Connections) -> list[RqQueueCollector]:

@@ -21,7 +21,7 @@ from taskmedic.config.types import (
     parse_duration,
     redact,
 )
-from taskmedic.wire import kombu
+from taskmedic.wire import kombu, rq
 
 __all__ = ["Duration", "Identifier", "Model", "Name", "PostgresDsn", "RedisUrl", "Regex", "TableName",
            "parse_duration", "redact"]
@@ -207,7 +207,11 @@ class QueueSource(Model):
     priority_steps: kombu.PrioritySteps = Field(default_factory=lambda: list(kombu.DEFAULT_PRIORITY_STEPS))
     exchanges: list[str] = Field(default_factory=lambda: ["celery"])  # celery: kombu binding sets read
     visibility_timeout: Duration = 3600.0  # celery: unacked older than this are stuck
-    max_unacked_scanned: int = Field(default=10_000, gt=0)
+    max_unacked_scanned: int = Field(default=10_000, gt=0)  # celery: unacked read; rq: started entries per queue
+    # rq: a started job's worker is gone when its key `rq:worker:<name>` has less than this left
+    # (a busy worker's never drops below 60 s: a heartbeat was missed) and nothing subscribes to
+    # its `rq:pubsub:<name>`; 45s suits RQ's default job_monitoring_interval of 30 s
+    worker_ttl_below: Duration = Field(default=rq.DEFAULT_WORKER_TTL_BELOW, gt=0, lt=rq.BUSY_TTL_FLOOR)
     engine: RedisEngine | None = None  # engine: the engine's layout (profiles dramatiq, bullmq, sidekiq, arq)
 
     @model_validator(mode="after")

@@ -4,19 +4,42 @@
 a job is the hash `rq:job:<id>`; each queue has registries `rq:<kind>:<name>` (sorted sets).
 In the started registry (`rq:wip:<name>`) an entry's score is when its lease runs out, and the
 entry is `<job id>` (RQ 1.x, a custom id may contain ':') or `<job id>:<execution id>` (RQ 2+).
+
+A worker's liveness, by RQ's own evidence and Redis' clock only (rq 3.0: rq/worker/base.py,
+rq/worker/worker_classes.py): while busy, the parent process sets the TTL of `rq:worker:<name>`
+to `job_monitoring_interval + 60` s every `job_monitoring_interval` (30 s by default), so a
+live busy worker's key never has less than 60 s left; and the parent subscribes to
+`rq:pubsub:<name>` for its whole life on a connection its work horse inherits through fork.
+A worker is gone when its key is missing or has less than `worker_ttl_below` left (a missed
+heartbeat) AND nobody subscribes to its channel. A stale key with a subscriber is an *orphaned
+horse*: the parent was killed and the horse, in its own process group, is still running the job
+(it finishes it and writes its result); that is not judged dead.
 """
 
 from __future__ import annotations
 
+import base64
 import time
+import zlib
 from datetime import UTC, datetime
+from typing import Literal
 
 QUEUES = "rq:queues"
 QUEUE_PREFIX = "rq:queue:"
 JOB_PREFIX = "rq:job:"
+WORKER_PREFIX = "rq:worker:"
+PUBSUB_PREFIX = "rq:pubsub:"
+RESULTS_PREFIX = "rq:results:"
 REGISTRY_PREFIXES = {"started": "rq:wip:", "failed": "rq:failed:", "finished": "rq:finished:",
                      "deferred": "rq:deferred:", "scheduled": "rq:scheduled:", "canceled": "rq:canceled:"}
 DEFAULT_FAILURE_TTL = 365 * 86400.0  # rq/defaults.py: DEFAULT_FAILURE_TTL, one year
+BUSY_TTL_FLOOR = 60.0  # rq/worker/base.py get_heartbeat_ttl: min(timeout, interval) + 60, renewed every interval
+# 60 s less half of RQ's default job_monitoring_interval (30 s): a heartbeat 15 s late is not death
+DEFAULT_WORKER_TTL_BELOW = 45.0
+RESULT_FAILED = 2  # rq/results.py Result.Type.FAILED
+RESULTS_KEPT = 10  # rq/results.py Result.save: XADD ... MAXLEN 10
+
+Liveness = Literal["alive", "gone", "orphaned", "unknown"]
 
 
 def queue_key(queue: str) -> str:
@@ -35,6 +58,39 @@ def registry_key(kind: str, queue: str) -> str:
 
 def job_key(job_id: bytes | str) -> str:
     return JOB_PREFIX + (job_id.decode("utf-8", "replace") if isinstance(job_id, bytes) else job_id)
+
+
+def worker_key(worker: str) -> str:
+    return WORKER_PREFIX + worker
+
+
+def pubsub_channel(worker: str) -> str:
+    return PUBSUB_PREFIX + worker
+
+
+def liveness(pttl_ms: int | None, subscribers: int | None, ttl_below: float) -> Liveness:
+    """A worker's liveness from the PTTL of `rq:worker:<name>` (-2 missing, -1 no expiry) and
+    `PUBSUB NUMSUB rq:pubsub:<name>`; None for a reply that could not be read (e.g. NOPERM).
+
+    A key without expiry is a ghost: RQ always expires a live worker's key, and an orphaned horse
+    that finishes recreates it with its counters only. A fresh key without a subscriber is alive:
+    a reconnecting worker drops its subscription for a moment, and a dead one's key runs out."""
+    if pttl_ms is None or subscribers is None:
+        return "unknown"
+    if pttl_ms >= 0 and pttl_ms >= ttl_below * 1000:
+        return "alive"
+    return "gone" if subscribers == 0 else "orphaned"
+
+
+def failure_result(message: str) -> dict[str, str | int]:
+    """The fields of a failure Result in `rq:results:<job id>` as RQ 3 writes one for a job its
+    cleanup failed (rq/results.py serialize: no worker, the message zlib-compressed, base64)."""
+    packed = base64.b64encode(zlib.compress(message.encode())).decode()
+    return {"type": RESULT_FAILED, "worker_name": "", "exc_string": packed}
+
+
+def results_key(job_id: str) -> str:
+    return RESULTS_PREFIX + job_id
 
 
 def job_id_candidates(entry: str) -> tuple[str, ...]:
