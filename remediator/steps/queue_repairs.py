@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import Field
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
 from remediator.steps.redis_plan import Operation, Plan, Target, Write, call
 from remediator.templating import Template
@@ -82,6 +84,30 @@ class RequeueUnacked(Operation):
         return kombu.bound_queues(bindings[entry.exchange], routing_key)
 
 
+ABANDONED = "taskmedic: abandoned by its worker (started-registry lease expired)"
+
+
+def _failure_ttl(job_ttl: Any, default: float) -> int:
+    """The job's own `failure_ttl` (RQ keeps a failed job that long), else `default`."""
+    own = int(redis_text(job_ttl)) if job_ttl is not None and redis_text(job_ttl).isdigit() else 0
+    return own or int(default)
+
+
+def failure_writes(queue: str, job_id: str, now: float, ttl: int, message: str) -> list[Write]:
+    """RQ's failure path for a job no worker can finish (rq/job_lifecycle.py record_job_failure):
+    the failed registry for `ttl`, status `failed`, and a failure Result without a worker, which
+    is where RQ 3 reads a job's exc_info from; the hash's own `exc_info` says it to older RQs."""
+    key = rq.job_key(job_id)
+    results = rq.results_key(job_id)
+    return [
+        call("zadd", rq.registry_key("failed", queue), {job_id: now + ttl}),
+        call("hset", key, mapping={"status": "failed", "ended_at": rq.format_time(now), "exc_info": message}),
+        call("expire", key, ttl),
+        call("xadd", results, rq.failure_result(message), maxlen=rq.RESULTS_KEPT),
+        call("expire", results, ttl),
+    ]
+
+
 class FailAbandoned(Operation):
     """RQ: what RQ's own `StartedJobRegistry.cleanup` does with entries of the started registry
     whose lease has run out, so the jobs can be inspected or requeued.
@@ -119,27 +145,12 @@ class FailAbandoned(Operation):
                     not_started.setdefault(queue, []).append(job_id)
                     continue
                 failed.setdefault(queue, []).append(job_id)
-                writes += self._fail(queue, job_id, now, self._ttl(job_ttl))
+                writes += failure_writes(queue, job_id, now, _failure_ttl(job_ttl, self.failure_ttl), ABANDONED)
         entries = sum(len(v) for group in (failed, not_started, without_job) for v in group.values())
         return Plan(entries, writes, {
             "failed": sum(len(v) for v in failed.values()), "jobs": {q: ids[:50] for q, ids in failed.items()},
             "not_started": {q: ids[:50] for q, ids in not_started.items()},
             "without_job": {q: ids[:50] for q, ids in without_job.items()}})
-
-    def _ttl(self, job_ttl: Any) -> int:
-        own = int(redis_text(job_ttl)) if job_ttl is not None and redis_text(job_ttl).isdigit() else 0
-        return own or int(self.failure_ttl)
-
-    @staticmethod
-    def _fail(queue: str, job_id: str, now: float, ttl: int) -> list[Write]:
-        key = rq.job_key(job_id)
-        return [
-            call("zadd", rq.registry_key("failed", queue), {job_id: now + ttl}),
-            call("hset", key, mapping={
-                "status": "failed", "ended_at": rq.format_time(now),
-                "exc_info": "taskmedic: abandoned by its worker (started-registry lease expired)"}),
-            call("expire", key, ttl),
-        ]
 
     @staticmethod
     async def _job_of(pipe: Pipeline, member: str) -> str | None:
@@ -150,3 +161,152 @@ class FailAbandoned(Operation):
             if job_id and await pipe.exists(key):
                 return job_id
         return None
+
+
+JOB_FIELDS = ("status", "worker_name", "failure_ttl", "retries_left", "retry_intervals", "enqueue_at_front_on_retry",
+              "ttl", "rate_limit_key")
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    queue: str
+    entry: str  # the started-registry member
+    job_id: str
+    worker: str
+
+
+@dataclass
+class Recovered:
+    requeued: dict[str, list[str]] = field(default_factory=dict)
+    scheduled: dict[str, list[str]] = field(default_factory=dict)
+    failed: dict[str, list[str]] = field(default_factory=dict)
+    rate_limited: dict[str, list[str]] = field(default_factory=dict)  # left for RQ's own cleanup
+    orphaned: dict[str, list[str]] = field(default_factory=dict)  # their horse still runs them
+
+    def add(self, outcome: dict[str, list[str]], job: StartedJob) -> None:
+        outcome.setdefault(job.queue, []).append(job.job_id)
+
+    @property
+    def count(self) -> int:
+        return sum(len(ids) for group in (self.requeued, self.scheduled, self.failed) for ids in group.values())
+
+    def detail(self) -> dict[str, Any]:
+        return {name: {q: ids[:50] for q, ids in getattr(self, name).items()}
+                for name in ("requeued", "scheduled", "failed", "rate_limited", "orphaned")}
+
+
+class RecoverWorkerGone(Operation):
+    """RQ: what RQ's own `StartedJobRegistry.cleanup` does with an abandoned job, for the started
+    jobs whose worker is gone by RQ's own evidence (`rq.liveness`: its key missed a heartbeat and
+    nothing subscribes to its channel), whether their lease has run out or not.
+
+    The jobs are found without WATCH, then judged again under WATCH of the job's hash and its
+    worker's key: a job that is no longer `started` by that worker, or whose worker's key was
+    renewed, or whose channel has a subscriber again (an orphaned horse: left alone, listed), is
+    not touched. As RQ's cleanup does, a job with `retries_left` is retried: at once, on its
+    queue's consuming end (the front with `enqueue_at_front_on_retry`), or, with
+    `retry_intervals`, in the scheduled registry for RQ's scheduler; the others are failed as
+    `fail_abandoned` fails them. A rate-limited job is left for RQ's cleanup, which frees its slot;
+    no failure callback, exception handler or dependent runs (they live in the application)."""
+
+    queues: list[Template] = Field(default_factory=list)  # default: every queue in rq:queues
+    worker_ttl_below: Duration | None = Field(default=None, gt=0, lt=rq.BUSY_TTL_FLOOR)  # default: the system's
+    failure_ttl: Duration = Field(default=rq.DEFAULT_FAILURE_TTL, gt=0)
+
+    def _ttl_below(self, system: System) -> float:
+        if self.worker_ttl_below is not None:
+            return self.worker_ttl_below
+        source = system.queues
+        return source.worker_ttl_below if source is not None else rq.DEFAULT_WORKER_TTL_BELOW
+
+    async def plan(self, pipe: Pipeline, at: Target) -> Plan:
+        ttl_below = self._ttl_below(at.system)
+        candidates = await self._candidates(at, ttl_below)
+        result = Recovered()
+        writes: list[Write] = []
+        if candidates:
+            await pipe.watch(*sorted({rq.job_key(j.job_id) for j in candidates}
+                                     | {rq.worker_key(j.worker) for j in candidates}))
+            now = redis_now(await pipe.time())
+            verdicts = {w: await _liveness(pipe, w, ttl_below) for w in sorted({j.worker for j in candidates})}
+            for job in candidates:
+                if verdicts[job.worker] == "orphaned":
+                    result.add(result.orphaned, job)
+                elif verdicts[job.worker] == "gone":
+                    writes += await self._recover(pipe, job, now, result)
+        return Plan(result.count, writes, {"worker_ttl_below": ttl_below, **result.detail()})
+
+    async def _candidates(self, at: Target, ttl_below: float) -> list[StartedJob]:
+        """The started jobs whose worker looks gone (or orphaned) now, read without WATCH: live
+        workers renew their entries and job hashes all the time."""
+        client = at.client
+        names = at.ctx.render_all(self.queues) or sorted(rq.queue_name(m) for m in await client.smembers(rq.QUEUES))
+        jobs: list[StartedJob] = []
+        for queue in names:
+            for member in await client.zrange(rq.registry_key("started", queue), 0, -1):
+                entry = redis_text(member)
+                for job_id in rq.job_id_candidates(entry):
+                    status, worker = await client.hmget(rq.job_key(job_id), ["status", "worker_name"])
+                    if status is not None:
+                        if redis_text(status) == "started" and worker:
+                            jobs.append(StartedJob(queue, entry, job_id, redis_text(worker)))
+                        break
+        verdicts = {w: await _liveness(client, w, ttl_below) for w in {j.worker for j in jobs}}
+        return [j for j in jobs if verdicts[j.worker] in ("gone", "orphaned")]
+
+    async def _recover(self, pipe: Pipeline, job: StartedJob, now: float, result: Recovered) -> list[Write]:
+        """The writes RQ's cleanup makes for this job, if it is still `started` by that worker."""
+        fields = dict(zip(JOB_FIELDS, await pipe.hmget(rq.job_key(job.job_id), list(JOB_FIELDS)), strict=True))
+        if redis_text(fields["status"] or b"") != "started" or redis_text(fields["worker_name"] or b"") != job.worker:
+            return []
+        started = rq.registry_key("started", job.queue)
+        if await pipe.zscore(started, job.entry) is None:
+            return []
+        if fields["rate_limit_key"]:
+            result.add(result.rate_limited, job)
+            return []
+        retries_left = _int(fields["retries_left"])
+        writes = [call("zrem", started, job.entry)]
+        if retries_left > 0:
+            interval = rq.retry_interval(fields["retry_intervals"], retries_left)
+            at_front = bool(_int(fields["enqueue_at_front_on_retry"]))
+            writes += _retry_writes(job, now, retries_left - 1, interval, at_front, _int(fields["ttl"]))
+            result.add(result.scheduled if interval else result.requeued, job)
+            return writes
+        message = (f"taskmedic: moved to FailedJobRegistry, as RQ moves an abandoned job (AbandonedJobError), "
+                   f"at {rq.format_time(now)}: its worker {job.worker} is gone (its key missed a heartbeat and "
+                   f"nothing subscribes to {rq.pubsub_channel(job.worker)})")
+        result.add(result.failed, job)
+        ttl = _failure_ttl(fields["failure_ttl"], self.failure_ttl)
+        return writes + failure_writes(job.queue, job.job_id, now, ttl, message)
+
+
+def _retry_writes(job: StartedJob, now: float, retries_left: int, interval: int, at_front: bool,
+                  ttl: int) -> list[Write]:
+    """rq/job.py Job.retry: scheduled in `interval` seconds, or queued again at once."""
+    key = rq.job_key(job.job_id)
+    if interval:
+        return [call("hset", key, mapping={"status": "scheduled", "retries_left": retries_left}),
+                call("zadd", rq.registry_key("scheduled", job.queue), {job.job_id: int(now + interval)}),
+                call("sadd", rq.QUEUES, rq.queue_key(job.queue))]
+    writes = [call("hset", key, mapping={"status": "queued", "retries_left": retries_left,
+                                         "enqueued_at": rq.format_time(now)}),
+              call("lpush" if at_front else "rpush", rq.queue_key(job.queue), job.job_id)]
+    return writes + ([call("expire", key, ttl)] if ttl > 0 else [])
+
+
+async def _liveness(client: Any, worker: str, ttl_below: float) -> rq.Liveness:
+    """A worker's liveness, read on a client or a WATCHing pipeline (NOPERM: unknown)."""
+    try:
+        pttl = await client.pttl(rq.worker_key(worker))
+        ((_, subscribers),) = await client.pubsub_numsub(rq.pubsub_channel(worker))
+    except ResponseError:
+        return "unknown"
+    return rq.liveness(int(pttl), int(subscribers), ttl_below)
+
+
+def _int(raw: Any) -> int:
+    try:
+        return int(redis_text(raw)) if raw is not None else 0
+    except ValueError:
+        return 0

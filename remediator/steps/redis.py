@@ -17,7 +17,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
 from remediator.steps.base import Need, Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
-from remediator.steps.queue_repairs import FailAbandoned, RequeueUnacked
+from remediator.steps.queue_repairs import FailAbandoned, RecoverWorkerGone, RequeueUnacked
 from remediator.steps.redis_plan import Operation, Plan, Target, call
 from remediator.templating import Template, glob_literal
 from taskmedic.config.model import Name
@@ -170,7 +170,7 @@ class StreamAck(Operation):
 
 
 OPERATIONS = ("lrem", "lrem_where", "hdel", "zrem", "delete", "rpush", "lpush", "xack", "requeue_unacked",
-              "fail_abandoned")
+              "fail_abandoned", "recover_worker_gone")
 
 
 class RedisSpec(StepSpec):
@@ -186,6 +186,7 @@ class RedisSpec(StepSpec):
     xack: StreamAck | None = None
     requeue_unacked: RequeueUnacked | None = None
     fail_abandoned: FailAbandoned | None = None
+    recover_worker_gone: RecoverWorkerGone | None = None
 
     @model_validator(mode="after")
     def _one(self) -> RedisSpec:

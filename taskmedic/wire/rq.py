@@ -19,6 +19,7 @@ horse*: the parent was killed and the horse, in its own process group, is still 
 from __future__ import annotations
 
 import base64
+import json
 import time
 import zlib
 from datetime import UTC, datetime
@@ -87,6 +88,19 @@ def failure_result(message: str) -> dict[str, str | int]:
     cleanup failed (rq/results.py serialize: no worker, the message zlib-compressed, base64)."""
     packed = base64.b64encode(zlib.compress(message.encode())).decode()
     return {"type": RESULT_FAILED, "worker_name": "", "exc_string": packed}
+
+
+def retry_interval(raw_intervals: bytes | str | None, retries_left: int) -> int:
+    """rq/job.py Job.get_retry_interval: the interval before the next try, from the job's JSON
+    `retry_intervals` (the last ones are used first; 0: retry at once)."""
+    try:
+        intervals = json.loads(raw_intervals) if raw_intervals else None
+    except ValueError:
+        return 0
+    if not isinstance(intervals, list) or not intervals:
+        return 0
+    value = intervals[max(len(intervals) - retries_left, 0)]
+    return int(value) if isinstance(value, int | float) else 0
 
 
 def results_key(job_id: str) -> str:
