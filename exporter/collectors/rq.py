@@ -14,8 +14,9 @@ or more started entries than `max_unacked_scanned`."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.collectors.redis_base import RedisQueueCollector, systems_of_type
@@ -23,6 +24,8 @@ from exporter.config import ExporterConfig
 from exporter.metrics import Sample, sample
 from taskmedic.connections import Connections, redis_now, redis_text
 from taskmedic.wire import rq
+
+log = logging.getLogger("taskmedic.exporter.rq")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class Judged:
 
 @dataclass
 class RqQueueCollector(RedisQueueCollector):
+    _doubts: list[str] = field(default_factory=list, init=False, repr=False)
+
     async def collect(self) -> list[Sample]:
         src = self.source
         async with self.client.pipeline(transaction=False) as pipe:
@@ -95,11 +100,30 @@ class RqQueueCollector(RedisQueueCollector):
         judged = await self._judge(await self._started_jobs(entries), src.worker_ttl_below)
         for status, n in totals.items():
             out.append(sample("taskmedic_tasks", n, system=system, status=status))
-        trusted = not (judged.orphaned or judged.unknown or truncated)
+        doubts = self._doubt(judged, truncated, src.max_unacked_scanned)
+        trusted = not doubts
         out += [sample("taskmedic_stuck_tasks", abandoned, system=system, status="started", reason="abandoned"),
                 sample("taskmedic_stuck_tasks", judged.gone, system=system, status="started", reason="worker_gone"),
                 sample("taskmedic_judgement_trusted", 1 if trusted else 0, system=system)]
         return out
+
+    def _doubt(self, judged: Judged, truncated: bool, cap: int) -> list[str]:
+        """Why some started jobs were not judged; logged once when it starts or changes."""
+        doubts = []
+        if judged.orphaned:
+            doubts.append(f"worker_gone: {judged.orphaned} started job(s) whose worker's key missed a heartbeat "
+                          "while its rq:pubsub channel has a subscriber (an orphaned work horse still running "
+                          "them, or a half-open connection of a lost host)")
+        if judged.unknown:
+            doubts.append(f"worker_gone: the liveness of {judged.unknown} started job(s)' workers could not be "
+                          "read (PTTL or PUBSUB NUMSUB refused)")
+        if truncated:
+            doubts.append(f"worker_gone: a started registry has more than max_unacked_scanned ({cap}) entries")
+        if doubts != self._doubts:
+            for doubt in doubts:
+                log.warning("judgement not trusted", extra={"system": self.system_name, "why": doubt})
+            self._doubts = doubts
+        return doubts
 
     async def _started_jobs(self, entries: list[tuple[str, str]]) -> list[StartedJob]:
         """The started-registry entries whose job (the first candidate id whose hash exists) is

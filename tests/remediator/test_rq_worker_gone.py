@@ -13,6 +13,7 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
+from remediator.config import Setup
 from tests.polling import wait_until
 from tests.remediator.kit import SHIPPED, Site, execute
 from tests.workers.rq_run import kill, rq_worker, started, unique
@@ -22,7 +23,7 @@ PLAYBOOK = "rq-recover-worker-gone"
 LABELS = {"system": "rq", "reason": "worker_gone"}
 
 
-def setup_with_rq(site: Site, ttl_below: str = "50s"):  # type: ignore[no-untyped-def]
+def setup_with_rq(site: Site, ttl_below: str = "50s") -> Setup:
     return site.setup((SHIPPED / f"{PLAYBOOK}.yml").read_text(),
                       systems=f"  rq:\n    profile: rq\n    redis: {site.redis_url}\n"
                               f"    queues: {{worker_ttl_below: {ttl_below}}}\n")
