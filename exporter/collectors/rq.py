@@ -135,16 +135,7 @@ class RqQueueCollector(RedisQueueCollector):
                 for job_id in rq.job_id_candidates(entry):
                     pipe.hmget(rq.job_key(job_id), ["status", "worker_name"])
             replies = iter(await pipe.execute())
-        jobs: list[StartedJob] = []
-        for q, entry in entries:
-            found = [(job_id, next(replies)) for job_id in rq.job_id_candidates(entry)]
-            job = next(((job_id, fields) for job_id, fields in found if fields[0] is not None), None)
-            if job is None:
-                continue
-            job_id, (status, worker) = job
-            if redis_text(status) == "started" and worker:
-                jobs.append(StartedJob(q, job_id, redis_text(worker)))
-        return jobs
+        return [StartedJob(q, *job) for q, entry in entries if (job := rq.started_by(entry, replies)) is not None]
 
     async def _judge(self, jobs: list[StartedJob], ttl_below: float) -> Judged:
         workers = sorted({j.worker for j in jobs})

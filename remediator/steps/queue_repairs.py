@@ -237,20 +237,22 @@ class RecoverWorkerGone(Operation):
         return Plan(result.count, writes, {"worker_ttl_below": ttl_below, **result.detail()})
 
     async def _candidates(self, at: Target, ttl_below: float) -> list[StartedJob]:
-        """The started jobs whose worker looks gone (or orphaned) now, read without WATCH: live
-        workers renew their entries and job hashes all the time."""
+        """The started jobs whose worker looks gone (or orphaned) now, read without WATCH (live
+        workers renew their entries and job hashes all the time); per queue, as many entries as
+        the exporter judges (`queues.max_unacked_scanned`)."""
         client = at.client
         names = at.ctx.render_all(self.queues) or sorted(rq.queue_name(m) for m in await client.smembers(rq.QUEUES))
-        jobs: list[StartedJob] = []
-        for queue in names:
-            for member in await client.zrange(rq.registry_key("started", queue), 0, -1):
-                entry = redis_text(member)
+        source = at.system.queues
+        cap = source.max_unacked_scanned if source is not None else 10_000
+        entries = [(queue, redis_text(member)) for queue in names
+                   for member in await client.zrange(rq.registry_key("started", queue), 0, cap - 1)]
+        async with client.pipeline(transaction=False) as reads:
+            for _, entry in entries:
                 for job_id in rq.job_id_candidates(entry):
-                    status, worker = await client.hmget(rq.job_key(job_id), ["status", "worker_name"])
-                    if status is not None:
-                        if redis_text(status) == "started" and worker:
-                            jobs.append(StartedJob(queue, entry, job_id, redis_text(worker)))
-                        break
+                    reads.hmget(rq.job_key(job_id), ["status", "worker_name"])
+            replies = iter(await reads.execute())
+        jobs = [StartedJob(queue, entry, *job) for queue, entry in entries
+                if (job := rq.started_by(entry, replies)) is not None]
         verdicts = {w: await _liveness(client, w, ttl_below) for w in {j.worker for j in jobs}}
         return [j for j in jobs if verdicts[j.worker] in ("gone", "orphaned")]
 

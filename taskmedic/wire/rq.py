@@ -22,8 +22,9 @@ import base64
 import json
 import time
 import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 QUEUES = "rq:queues"
 QUEUE_PREFIX = "rq:queue:"
@@ -111,6 +112,24 @@ def job_id_candidates(entry: str) -> tuple[str, ...]:
     """The job ids a started-registry entry may name, most specific first: the entry itself
     (RQ 1.x), then what precedes its last ':' (RQ 2+'s `<job id>:<execution id>`)."""
     return (entry, entry.rpartition(":")[0]) if ":" in entry else (entry,)
+
+
+def started_by(entry: str, replies: Iterator[list[Any]]) -> tuple[str, str] | None:
+    """The job a started-registry entry names and its worker, if the job is still `started` by
+    one. `replies` gives, per id of `job_id_candidates(entry)`, the reply to `HMGET rq:job:<id>
+    status worker_name`; the entry names the first whose hash exists."""
+    found = [(job_id, next(replies)) for job_id in job_id_candidates(entry)]
+    job = next(((job_id, fields) for job_id, fields in found if fields[0] is not None), None)
+    if job is None:
+        return None
+    job_id, (status, worker) = job
+    if _text(status) != "started" or not worker:
+        return None
+    return job_id, _text(worker)
+
+
+def _text(raw: Any) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
 def parse_time(raw: bytes | None) -> float | None:
