@@ -9,7 +9,7 @@ Held work whose holder's evidence is missing (with `missing: unknown`) or dated 
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -218,6 +218,36 @@ async def _read_locked(client: aioredis.Redis, engine: RedisEngine, queues: list
     return held[:cap], len(held) > cap
 
 
+async def _waiting_only(client: aioredis.Redis, engine: RedisEngine, queues: dict[str, QueueState],
+                        held: list[HeldJob]) -> dict[str, QueueState]:
+    """A lock holding's running jobs stay members of their queue (arq): they are not waiting, so
+    they count neither in its depth nor as its oldest waiting job."""
+    spec = engine.queues
+    running: dict[str, set[bytes]] = defaultdict(set)
+    for h in held:
+        running[h.queue].add(h.member)
+    busy = [q for q in queues if running[q]]
+    async with client.pipeline(transaction=False) as pipe:
+        for q in busy:  # enough of the consumed end to reach past every running member
+            key, n = wire.render(spec.key, queue=q), len(running[q])
+            if spec.type == "zset":
+                pipe.zrange(key, 0, n, withscores=True)
+            else:
+                pipe.lrange(key, 0, n) if spec.take_from == "left" else pipe.lrange(key, -n - 1, -1)
+        replies = await pipe.execute()
+    heads: dict[str, Any] = {}
+    for q, reply in zip(busy, replies, strict=True):
+        if spec.type == "zset":
+            waiting = [entry for entry in reply if entry[0] not in running[q]]
+            heads[q] = waiting[:1]
+        else:
+            ordered = reply if spec.take_from == "left" else list(reversed(reply))
+            heads[q] = next((m for m in ordered if m not in running[q]), None)
+    times = await _enqueue_times(client, engine, heads)
+    return {q: QueueState(max(s.depth - len(running[q]), 0), times.get(q) if q in heads else s.oldest_at)
+            for q, s in queues.items()}
+
+
 @dataclass(frozen=True)
 class Evidence:
     """Where one holder's liveness is read: a lock key, or a heartbeat's key (and zset member)."""
@@ -320,9 +350,8 @@ async def observe(client: aioredis.Redis, source: QueueSource, absences: Absence
     queues = await discover_queues(client, source)
     state.queues = await read_queues(client, engine, queues)
     held, state.truncated = await read_held(client, engine, queues)
-    if engine.holding.type == "lock":  # a running job stays a member of its queue: not waiting
-        running = Counter(h.queue for h in held)
-        state.queues = {q: QueueState(max(s.depth - running[q], 0), s.oldest_at) for q, s in state.queues.items()}
+    if engine.holding.type == "lock":
+        state.queues = await _waiting_only(client, engine, state.queues, held)
     evidence = [evidence_of(engine, h) for h in held]
     raw = await read_evidence(client, engine, evidence)
     now = redis_now(await client.time())
