@@ -188,6 +188,19 @@ def wait_started(redis_url: str, job_id: str, *, times: int = 1, timeout: float 
                       done=lambda starts: len(starts) >= times, interval=0.05)
 
 
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """A graceful stop: SIGTERM to the worker's process group, waited for. arq's `Worker.close()`
+    then deletes its queue's shared health-check key, whatever the other workers do."""
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        kill(proc)
+        raise
+
+
 def kill(proc: subprocess.Popen[bytes]) -> None:
     """A crash: SIGKILL to the worker's whole process group, then reaped."""
     if proc.poll() is None:
