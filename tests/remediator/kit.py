@@ -202,6 +202,11 @@ SHIPPED = Path(__file__).parents[2] / "rules" / "playbooks"
 ENGINE = "scan-engine"  # the executable the scanner system's rules recognise as its engine (tests/engines.py)
 
 
+# arq's profile waits out arq's default health_check_interval (1 h) before a missing health key
+# condemns its queue; a deployment that rewrites it every second or so can judge in 2 s
+ENGINE_TIMINGS = {"arq": ", queues: {engine: {heartbeat: {dead_after: 2s}}}"}
+
+
 def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str,
             engine: str = ENGINE, sections: str = "") -> tuple[Setup, Database]:
     """The shipped playbooks (each through `edit`) with a config naming one system per built-in
@@ -214,7 +219,7 @@ def shipped(site: Site, pg: PostgresServer, edit: Callable[[str], str] = str,
                f"                            no_progress: {{engine: '{engine}', min_age: 0s}}}}}}}}\n"
                f"  celery: {{profile: celery, redis: '{site.redis_url}'}}\n"
                f"  rq: {{profile: rq, redis: '{site.redis_url}'}}\n"
-               + "".join(f"  {engine}: {{profile: {engine}, redis: '{site.redis_url}'}}\n"
-                         for engine in ("dramatiq", "bullmq", "sidekiq", "arq")))
+               + "".join(f"  {e}: {{profile: {e}, redis: '{site.redis_url}'{ENGINE_TIMINGS.get(e, '')}}}\n"
+                         for e in ("dramatiq", "bullmq", "sidekiq", "arq")))
     books = [edit(book.read_text()) for book in sorted(SHIPPED.glob("*.yml"))]
     return load_setup(str(site.write(*books, systems=systems, sections=sections))), timesketch
