@@ -1,4 +1,5 @@
-"""The `engine` step on real arq 0.28 workers (tests/workers/arq_harness.py): giving back the job of
+"""The shipped playbook arq-give-back-held-work (an `engine` step, window 30 s here) on real arq
+0.28 workers (tests/workers/arq_harness.py): giving back the job of
 a queue whose every worker was SIGKILLed, the way arq's own recovery does once the job's
 in-progress key expires (job_timeout + 10 s after its start): the key is deleted, and the job,
 which never left its queue, is first in line for the next worker of that queue.
@@ -21,31 +22,23 @@ import redis
 from remediator.config import Setup, load_setup
 from remediator.engine import Report
 from tests.polling import await_until, wait_until
-from tests.remediator.kit import Site, execute
+from tests.remediator.kit import SHIPPED, Site, execute
 from tests.workers import arq_harness as arq
 
-LABELS = {"alertname": "TaskmedicStuckTasks", "system": "work", "reason": "worker_gone"}
+PLAYBOOK = "arq-give-back-held-work"
+LABELS = {"alertname": "TaskmedicStuckTasks", "system": "arq", "reason": "worker_gone"}
 DEAD_AFTER = 4.0
 RUN_S = 3.0  # the orphan's own length: killed early in its first run, it ends in its second
 
 
-def playbook(window: str) -> str:
-    return f"""
-name: arq-give-back-abandoned-jobs
-match:
-  alertname: TaskmedicStuckTasks
-  system: work
-  reason: worker_gone
-steps:
-  - name: give back the jobs of dead arq workers
-    engine: {{system: work, window: {window}, max_items: 100}}
-"""
-
-
 def arq_setup(site: Site, window: str = "30s") -> Setup:
-    systems = (f"  work: {{profile: arq, redis: '{site.redis_url}', queues: {{names: [doomed, steady],\n"
-               f"         engine: {{heartbeat: {{dead_after: {DEAD_AFTER:g}s}}}}}}}}\n")
-    return load_setup(str(site.write(playbook(window), systems=systems)))
+    """The shipped playbook (its window set), its `arq` system on the test's Redis with the test's
+    queues and dead_after."""
+    shipped = (SHIPPED / f"{PLAYBOOK}.yml").read_text()
+    assert "window: 60s" in shipped
+    systems = (f"  arq: {{profile: arq, redis: '{site.redis_url}', queues: {{names: [doomed, steady],\n"
+               f"        engine: {{heartbeat: {{dead_after: {DEAD_AFTER:g}s}}}}}}}}\n")
+    return load_setup(str(site.write(shipped.replace("window: 60s", f"window: {window}"), systems=systems)))
 
 
 class Workers:
