@@ -212,7 +212,7 @@ class EngineStep(StepType[EngineSpec]):
                      absences: detection.Absences, budget: int, detail: dict[str, Any]) -> GivenBack:
         """Judge, check the guards (Refused before any write), and give back each dead holder's work."""
         engine = detection.engine_of(source)
-        state = await self._observe(client, source, absences)
+        state = await self._observe(client, source, absences, spec.window)
         dead = state.dead
         detail.update({"held": len(state.held), "dead": [h.job for h in dead][:50], "unknown": len(state.unknown)})
         if state.skew > engine.clock_tolerance:
@@ -253,12 +253,18 @@ class EngineStep(StepType[EngineSpec]):
             done.exhausted += [h for h in late.exhausted if h not in done.exhausted]
 
     @staticmethod
-    async def _observe(client: Any, source: QueueSource, absences: detection.Absences) -> detection.EngineState:
+    async def _observe(client: Any, source: QueueSource, absences: detection.Absences,
+                       window: float) -> detection.EngineState:
         """The engine judged; a `key` heartbeat seen missing is watched until it has been missing
-        for its dead_after (or comes back) before its holders count as dead."""
+        for its dead_after (or comes back) before its holders count as dead — refused when that
+        is longer than `window`: the run would be cut off before it could judge."""
         engine = detection.engine_of(source)
         state = await detection.observe(client, source, absences)
         dead_after = engine.heartbeat.dead_after if engine.heartbeat is not None else None
+        if absences.pending(state.now, dead_after) > 0 and dead_after is not None and dead_after > window:
+            raise Refused(f"a missing {engine.name} heartbeat key is death only after {dead_after:g}s (dead_after), "
+                          f"longer than this step's window {window:g}s: set the engine's heartbeat interval short "
+                          "and dead_after to match (docs/engines.md)")
         while (wait := absences.pending(state.now, dead_after)) > 0:
             await asyncio.sleep(min(wait, POLL * 5))
             state = await detection.observe(client, source, absences)
