@@ -1,0 +1,66 @@
+"""A key of another Redis type than the engine's layout expects. Redis' MULTI/EXEC does not roll
+back: a command that fails with WRONGTYPE inside EXEC leaves the others applied."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.attack.kit import judge, run_step
+from tests.exporter.helpers import value
+from tests.remediator.kit import Site
+
+DEAD = "host-a:111:dead0"
+
+
+def seed_dead_sidekiq(r: redis.Redis, queue: str = "default") -> str:
+    seconds, _ = r.time()
+    job = json.dumps({"class": "HardJob", "args": [1], "jid": "jid-dead", "queue": queue,
+                      "enqueued_at": seconds - 50})
+    r.sadd("processes", DEAD)
+    r.hset(DEAD, mapping={"beat": str(seconds - 30), "busy": "1", "quiet": "false"})
+    r.hset(f"{DEAD}:workers", "tid-1", json.dumps({"queue": queue, "payload": job, "run_at": seconds - 40}))
+    return job
+
+
+@pytest.mark.xfail(strict=True, reason="MULTI/EXEC does not roll back: HDEL applied, RPUSH failed (job lost)")
+async def test_a_push_that_fails_with_wrongtype_does_not_lose_the_only_copy_of_a_sidekiq_job(site: Site) -> None:
+    """The dead process' job names queue `other`, whose key is not a list (an odd client wrote
+    a string there) and which `queues` does not list. The step must not take the job out of
+    the process' hash unless it went back onto its queue."""
+    r = redis.Redis.from_url(site.redis_url)
+    job = seed_dead_sidekiq(r, "other")
+    r.set("queue:other", "not a list")
+    report = await run_step(site, "sidekiq")
+    kept = r.hget(f"{DEAD}:workers", "tid-1")
+    queued = r.lrange("queue:other", 0, -1) if r.type("queue:other") == b"list" else []
+    assert kept is not None or job.encode() in queued, (report.outcome, report.error)
+
+
+@pytest.mark.xfail(strict=True, reason="a WRONGTYPE reply fails the whole pipeline, so the collector")
+async def test_one_queue_key_of_another_type_does_not_blind_the_whole_collector(site: Site, tmp: Path) -> None:
+    """Sidekiq lists queue `odd` whose key is a hash: the dead process' job on `default` must
+    still be judged (the odd queue skipped and reported, not the system's collector failing)."""
+    r = redis.Redis.from_url(site.redis_url)
+    seed_dead_sidekiq(r)
+    r.sadd("queues", "default", "odd")
+    r.hset("queue:odd", "x", "y")
+    result = await judge(tmp, site.redis_url, "sidekiq")
+    assert result.error is None, result.error
+    assert value(result, "taskmedic_stuck_tasks", reason="expiring") == 1
+
+
+@pytest.mark.xfail(strict=True, reason="a WRONGTYPE reply fails the whole pipeline, so the collector")
+async def test_one_process_key_of_another_type_does_not_blind_the_whole_collector(site: Site, tmp: Path) -> None:
+    """A member of `processes` whose key is a list (HGET beat → WRONGTYPE)."""
+    r = redis.Redis.from_url(site.redis_url)
+    seed_dead_sidekiq(r)
+    r.sadd("processes", "weird")
+    r.rpush("weird", "x")
+    r.hset("weird:workers", "tid-9", json.dumps({"queue": "default", "payload": json.dumps({"jid": "j9"})}))
+    result = await judge(tmp, site.redis_url, "sidekiq")
+    assert result.error is None, result.error
+    assert value(result, "taskmedic_stuck_tasks", reason="expiring") == 1
