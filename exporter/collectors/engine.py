@@ -31,7 +31,7 @@ class EngineQueueCollector(RedisQueueCollector):
             out += [sample("taskmedic_queue_depth", queue.depth, system=system, queue=q),
                     sample("taskmedic_queue_unacked", held[q], system=system, queue=q),
                     sample("taskmedic_queue_oldest_age_seconds", age, system=system, queue=q)]
-        trusted = not state.unknown
+        trusted = not state.unknown and not state.truncated  # more held work than max_held: not all judged
         out += [sample("taskmedic_tasks", sum(q.depth for q in state.queues.values()), system=system, status="queued"),
                 sample("taskmedic_tasks", len(state.held), system=system, status="held"),
                 sample("taskmedic_stuck_tasks", len(state.dead), system=system, status="held", reason=reason),

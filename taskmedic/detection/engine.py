@@ -136,26 +136,30 @@ async def _enqueue_times(client: aioredis.Redis, engine: RedisEngine, heads: dic
 
 
 async def _holding_keys(client: aioredis.Redis, engine: RedisEngine, queues: list[str],
-                        cap: int) -> list[dict[str, str]]:
-    """The names of every holding key there is: its worker and/or queue."""
+                        cap: int) -> tuple[list[dict[str, str]], bool]:
+    """The names of every holding key there is (its worker and/or queue), at most `cap`, and
+    whether there were more. A holding key exists only while it holds something, so more keys
+    than `cap` is more held work than `cap`. SCAN may return a key twice: each is read once."""
     holding = engine.holding
     used = placeholders(holding.key)
     if "worker" not in used:
-        return [{"queue": q} for q in queues]
+        return [{"queue": q} for q in queues], False
     if holding.workers_in is not None:
         workers = sorted(redis_text(w) for w in await client.smembers(holding.workers_in))
         if "queue" in used:
-            return [{"worker": w, "queue": q} for w in workers for q in queues][:cap]
-        return [{"worker": w} for w in workers[:cap]]
+            pairs = [{"worker": w, "queue": q} for w in workers for q in queues]
+            return pairs[:cap], len(pairs) > cap
+        return [{"worker": w} for w in workers[:cap]], len(workers) > cap
     pattern = wire.parser(holding.key)
-    found: list[dict[str, str]] = []
+    found: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
     async for key in client.scan_iter(match=wire.glob(holding.key), count=1000):
         names = wire.parse(pattern, key)
         if names is not None:
-            found.append(names)
-        if len(found) >= cap:
+            found[tuple(sorted(names.items()))] = names
+        if len(found) > cap:
             break
-    return sorted(found, key=lambda n: sorted(n.items()))
+    keyed = [found[k] for k in sorted(found)]
+    return keyed[:cap], len(keyed) > cap
 
 
 async def read_held(client: aioredis.Redis, engine: RedisEngine, queues: list[str]) -> tuple[list[HeldJob], bool]:
@@ -164,7 +168,7 @@ async def read_held(client: aioredis.Redis, engine: RedisEngine, queues: list[st
     cap = engine.max_held
     if holding.type == "lock":
         return await _read_locked(client, engine, queues)
-    keyed = await _holding_keys(client, engine, queues, cap)
+    keyed, more_keys = await _holding_keys(client, engine, queues, cap)
     async with client.pipeline(transaction=False) as pipe:
         for names in keyed:
             key = wire.render(holding.key, **names)
@@ -183,7 +187,7 @@ async def read_held(client: aioredis.Redis, engine: RedisEngine, queues: list[st
         else:
             members = sorted(reply) if holding.type == "set" else reply
             held += [HeldJob(names["queue"], redis_text(m), key, m, names.get("worker")) for m in members]
-    return held[:cap], len(held) > cap
+    return held[:cap], len(held) > cap or more_keys
 
 
 def _hash_jobs(engine: RedisEngine, key: str, worker: str, fields: dict[bytes, bytes]) -> list[HeldJob]:
