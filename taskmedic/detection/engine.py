@@ -35,6 +35,15 @@ class HeldJob:
     worker: str | None = None
     job_text: str | None = None  # a hash holding's copy of the job itself, as JSON text
 
+    def is_text(self) -> bool:
+        """Whether what the holding lists is UTF-8: else its id, read with U+FFFD in place of the
+        odd bytes, names other keys (its lock, its job) than the engine's."""
+        try:
+            self.member.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+
     def names(self) -> dict[str, str]:
         out = {"queue": self.queue, "job": self.job}
         if self.worker is not None:
@@ -362,6 +371,8 @@ async def observe(client: aioredis.Redis, source: QueueSource, absences: Absence
     absences.since = {k: t for k, t in absences.since.items() if k in {ev.key for ev in evidence}}
     for job, ev in zip(held, evidence, strict=True):
         judged, ahead = verdict(engine, raw[ev], now, absences, ev.key)
+        if not job.is_text():
+            judged = "unknown"  # its evidence and the keys to write were named after another id
         if judged == "dead" and not await still_held(client, engine, job):
             continue  # it finished between the reads
         state.held.append(job)
