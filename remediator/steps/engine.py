@@ -31,13 +31,18 @@ from redis.exceptions import RedisError, WatchError
 from remediator.steps.base import Need, Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
 from taskmedic.config.engine import RedisEngine, Write
 from taskmedic.config.model import Duration, Name, QueueSource
-from taskmedic.connections import redis_now
+from taskmedic.connections import redis_now, redis_text
 from taskmedic.detection import engine as detection
 from taskmedic.detection.engine import Evidence, HeldJob
 from taskmedic.wire import engine as wire
 
 ATTEMPTS = 5
 POLL = 0.2
+# The type each write needs its key to have (or to be missing: the write creates it). Redis'
+# MULTI/EXEC does not roll back: a write failing with WRONGTYPE inside it leaves the others
+# applied, e.g. a job taken from its holder and not pushed back (the only copy of a Sidekiq job).
+KEY_TYPES = {"RPUSH": "list", "LPUSH": "list", "LREM": "list", "SADD": "set", "SREM": "set", "HSET": "hash",
+             "HDEL": "hash", "HINCRBY": "hash", "ZADD": "zset", "ZREM": "zset", "XADD": "stream", "INCR": "string"}
 
 
 class EngineSpec(StepSpec):
@@ -112,6 +117,20 @@ async def _exhausted(pipe: Pipeline, engine: RedisEngine, job: HeldJob) -> bool:
 class GivenBack:
     given: list[HeldJob] = field(default_factory=list)
     exhausted: list[HeldJob] = field(default_factory=list)  # at the engine's attempts limit: left alone
+    odd: list[str] = field(default_factory=list)  # holders left alone: a key to write has another type
+
+
+async def _odd_types(pipe: Pipeline, writes: list[tuple[str, ...]]) -> list[str]:
+    """The keys these writes would fail on (WRONGTYPE), read under WATCH: a key that changes type
+    before EXEC makes the transaction fail instead."""
+    needed = {(w[1], KEY_TYPES[w[0]]) for w in writes if w[0] in KEY_TYPES}
+    keys = sorted({key for key, _ in needed})
+    if not keys:
+        return []
+    await pipe.watch(*keys)
+    types = {key: redis_text(await pipe.type(key)) for key in keys}
+    return sorted(f"{key!r} is a {types[key]}, not a {kind}" for key, kind in needed
+                  if types[key] not in ("none", kind))
 
 
 async def _give_back(pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],
@@ -130,11 +149,16 @@ async def _give_back(pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs
     still = [j for j in jobs if await detection.still_held(pipe, engine, j)]
     exhausted = [j for j in still if await _exhausted(pipe, engine, j)]
     still = [j for j in still if j not in exhausted]
+    writes = _writes(engine, still, now, whole_worker=not exhausted) if still else []
+    odd = await _odd_types(pipe, writes)
+    if odd:
+        await pipe.reset()  # type: ignore[no-untyped-call]
+        return GivenBack(exhausted=exhausted, odd=odd)
     if dry_run or not still:
         await pipe.reset()  # type: ignore[no-untyped-call]
         return GivenBack(still, exhausted)
     pipe.multi()  # type: ignore[no-untyped-call]
-    for command in _writes(engine, still, now, whole_worker=not exhausted):
+    for command in writes:
         pipe.execute_command(*command)
     await pipe.execute()
     return GivenBack(still, exhausted)
@@ -199,6 +223,10 @@ class EngineStep(StepType[EngineSpec]):
         queues = sorted({h.queue for h in given})
         detail["given_back"] = {q: [h.job for h in given if h.queue == q][:50] for q in queues}
         rows = [{"queue": h.queue, "job": h.job, "worker": h.worker} for h in given]
+        if done.odd:
+            detail["wrong_type"] = done.odd[:50]
+            raise StepFailed(f"left the work of {len(done.odd)} dead holder(s) where it is: {done.odd[0]} (a write "
+                             f"would fail inside MULTI/EXEC, which does not roll back the others)", detail)
         if given and not ctx.dry_run:
             started = time.monotonic()
             unmoved = await _unmoved(client, engine, given, spec.window)
@@ -233,6 +261,7 @@ class EngineStep(StepType[EngineSpec]):
                 done = await self._attempts(pipe, engine, holder, jobs, absences, ctx.dry_run)
                 out.given += done.given
                 out.exhausted += done.exhausted
+                out.odd += done.odd
         return out
 
     async def _watch(self, spec: EngineSpec, ctx: RunContext, client: Any, source: QueueSource,
@@ -251,6 +280,7 @@ class EngineStep(StepType[EngineSpec]):
                 return
             done.given += late.given
             done.exhausted += [h for h in late.exhausted if h not in done.exhausted]
+            done.odd += [o for o in late.odd if o not in done.odd]
 
     @staticmethod
     async def _observe(client: Any, source: QueueSource, absences: detection.Absences,

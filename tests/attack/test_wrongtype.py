@@ -26,7 +26,6 @@ def seed_dead_sidekiq(r: redis.Redis, queue: str = "default") -> str:
     return job
 
 
-@pytest.mark.xfail(strict=True, reason="MULTI/EXEC does not roll back: HDEL applied, RPUSH failed (job lost)")
 async def test_a_push_that_fails_with_wrongtype_does_not_lose_the_only_copy_of_a_sidekiq_job(site: Site) -> None:
     """The dead process' job names queue `other`, whose key is not a list (an odd client wrote
     a string there) and which `queues` does not list. The step must not take the job out of
@@ -38,6 +37,16 @@ async def test_a_push_that_fails_with_wrongtype_does_not_lose_the_only_copy_of_a
     kept = r.hget(f"{DEAD}:workers", "tid-1")
     queued = r.lrange("queue:other", 0, -1) if r.type("queue:other") == b"list" else []
     assert kept is not None or job.encode() in queued, (report.outcome, report.error)
+    assert report.outcome == "failed" and "'queue:other' is a string, not a list" in (report.error or "")
+    assert r.sismember("processes", DEAD) and r.exists(DEAD)  # nothing of the holder's was written
+
+
+async def test_a_dry_run_says_the_push_would_fail(site: Site) -> None:
+    r = redis.Redis.from_url(site.redis_url)
+    seed_dead_sidekiq(r, "other")
+    r.set("queue:other", "not a list")
+    report = await run_step(site, "sidekiq", dry_run=True)
+    assert report.outcome == "failed" and "'queue:other' is a string" in (report.error or ""), report.error
 
 
 @pytest.mark.xfail(strict=True, reason="a WRONGTYPE reply fails the whole pipeline, so the collector")
