@@ -24,10 +24,17 @@ Clock = Literal["s", "ms", "iso8601"]  # seconds or milliseconds since the epoch
 def placeholders(template: str) -> set[str]:
     """The placeholders a key template uses; ValueError if it is malformed."""
     try:
-        fields = [f for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
         raise ValueError(f"malformed key template {template!r}: {e} (write {{{{ and }}}} for literal braces)") \
             from None
+    # `{queue!r}` or `{queue:.3}` would render another key than the one SCAN found and parsed
+    shaped = [f"{{{f}{'!' + conv if conv else ''}{':' + spec if spec else ''}}}" for f, spec, conv in parsed
+              if spec or conv]
+    if shaped:
+        raise ValueError(f"key template {template!r} uses {', '.join(shaped)}: a placeholder is the name as "
+                         "it is, without a conversion or format spec")
+    fields = [f for f, _, _ in parsed]
     unknown = sorted({f for f in fields if f not in PLACEHOLDERS})
     if unknown:
         raise ValueError(f"key template {template!r} uses {', '.join('{' + u + '}' for u in unknown)}; "
