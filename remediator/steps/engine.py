@@ -120,20 +120,23 @@ class GivenBack:
     odd: list[str] = field(default_factory=list)  # holders left alone: a key to write has another type
 
 
-async def _odd_types(pipe: Pipeline, writes: list[tuple[str, ...]]) -> list[str]:
-    """The keys these writes would fail on (WRONGTYPE), read under WATCH: a key that changes type
-    before EXEC makes the transaction fail instead."""
+async def _odd_types(client: Any, pipe: Pipeline, writes: list[tuple[str, ...]]) -> list[str]:
+    """The keys these writes would fail on (WRONGTYPE). They are WATCHed first, so a key that
+    changes type before EXEC makes the transaction fail instead; read in one round trip."""
     needed = {(w[1], KEY_TYPES[w[0]]) for w in writes if w[0] in KEY_TYPES}
     keys = sorted({key for key, _ in needed})
     if not keys:
         return []
     await pipe.watch(*keys)
-    types = {key: redis_text(await pipe.type(key)) for key in keys}
+    async with client.pipeline(transaction=False) as reads:
+        for key in keys:
+            reads.type(key)
+        types = dict(zip(keys, map(redis_text, await reads.execute()), strict=True))
     return sorted(f"{key!r} is a {types[key]}, not a {kind}" for key, kind in needed
                   if types[key] not in ("none", kind))
 
 
-async def _give_back(pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],
+async def _give_back(client: Any, pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],
                      absences: detection.Absences, dry_run: bool) -> GivenBack:
     """Give back one dead holder's jobs, if it is still dead."""
     watched = {j.key for j in jobs} | {holder.key}
@@ -150,7 +153,7 @@ async def _give_back(pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs
     exhausted = [j for j in still if await _exhausted(pipe, engine, j)]
     still = [j for j in still if j not in exhausted]
     writes = _writes(engine, still, now, whole_worker=not exhausted) if still else []
-    odd = await _odd_types(pipe, writes)
+    odd = await _odd_types(client, pipe, writes)
     if odd:
         await pipe.reset()  # type: ignore[no-untyped-call]
         return GivenBack(exhausted=exhausted, odd=odd)
@@ -258,7 +261,7 @@ class EngineStep(StepType[EngineSpec]):
         out = GivenBack()
         async with client.pipeline(transaction=True) as pipe:
             for holder, jobs in holders.items():
-                done = await self._attempts(pipe, engine, holder, jobs, absences, ctx.dry_run)
+                done = await self._attempts(client, pipe, engine, holder, jobs, absences, ctx.dry_run)
                 out.given += done.given
                 out.exhausted += done.exhausted
                 out.odd += done.odd
@@ -301,11 +304,11 @@ class EngineStep(StepType[EngineSpec]):
         return state
 
     @staticmethod
-    async def _attempts(pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],
+    async def _attempts(client: Any, pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],
                         absences: detection.Absences, dry_run: bool) -> GivenBack:
         for _ in range(ATTEMPTS):
             try:
-                return await _give_back(pipe, engine, holder, jobs, absences, dry_run)
+                return await _give_back(client, pipe, engine, holder, jobs, absences, dry_run)
             except WatchError:
                 await pipe.reset()  # type: ignore[no-untyped-call]
         raise StepFailed(f"the keys of {holder.key} kept changing; gave up after {ATTEMPTS} attempts")
