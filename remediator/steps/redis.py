@@ -18,7 +18,7 @@ from redis.exceptions import RedisError, WatchError
 
 from remediator.steps.base import Need, Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
 from remediator.steps.queue_repairs import FailAbandoned, RecoverWorkerGone, RequeueUnacked
-from remediator.steps.redis_plan import Operation, Plan, Target, call
+from remediator.steps.redis_plan import Call, Operation, Plan, Target, call
 from remediator.templating import Template, glob_literal
 from taskmedic.config.model import Name
 from taskmedic.connections import redis_text
@@ -232,6 +232,10 @@ class RedisStep(StepType[RedisSpec]):
         if plan.count > spec.max_items:
             raise Refused(f"{spec.operation} would touch {plan.count} items, more than max_items {spec.max_items}",
                           detail)
+        odd = await _odd_types(pipe, at, plan)
+        if odd:
+            raise StepFailed(f"{spec.operation}: {odd[0]}: nothing written (a write would fail inside MULTI/EXEC, "
+                             "which does not roll back the others)", {**detail, "wrong_type": odd[:20]})
         if at.ctx.dry_run or not plan.writes:
             await pipe.reset()  # type: ignore[no-untyped-call]  # drops the WATCH
             return StepResult(rows=plan.count, detail=detail)
@@ -240,3 +244,19 @@ class RedisStep(StepType[RedisSpec]):
             write(pipe)
         await pipe.execute()
         return StepResult(rows=plan.count, detail=detail)
+
+
+async def _odd_types(pipe: Pipeline, at: Target, plan: Plan) -> list[str]:
+    """The keys the plan's writes would fail on (WRONGTYPE), WATCHed first (a key that changes
+    type before EXEC makes the transaction fail instead), read in one round trip."""
+    needed = {typed for w in plan.writes if isinstance(w, Call) and (typed := w.typed_key) is not None}
+    keys = sorted({key for key, _ in needed}, key=str)
+    if not keys:
+        return []
+    await pipe.watch(*keys)
+    async with at.client.pipeline(transaction=False) as reads:
+        for key in keys:
+            reads.type(key)
+        types = dict(zip(keys, map(redis_text, await reads.execute()), strict=True))
+    return sorted(f"{redis_text(key)!r} is a {types[key]}, not a {kind}" for key, kind in needed
+                  if types[key] not in ("none", kind))

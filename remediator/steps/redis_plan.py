@@ -41,7 +41,30 @@ class Operation(Model):
         raise NotImplementedError
 
 
+# The type a write's key must have (or be missing: the write creates it). Redis' MULTI/EXEC does
+# not roll back: a write failing with WRONGTYPE inside it leaves the others applied.
+KEY_TYPES = {"rpush": "list", "lpush": "list", "lrem": "list", "sadd": "set", "srem": "set", "hset": "hash",
+             "hdel": "hash", "zadd": "zset", "zrem": "zset", "xadd": "stream"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """A write to queue inside MULTI: `command` on the pipeline with these arguments (the key first)."""
+
+    command: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def __call__(self, pipe: Pipeline) -> Any:
+        return getattr(pipe, self.command)(*self.args, **self.kwargs)
+
+    @property
+    def typed_key(self) -> tuple[Any, str] | None:
+        """The key and the type this write needs it to have, when it needs one."""
+        kind = KEY_TYPES.get(self.command)
+        return (self.args[0], kind) if kind is not None and self.args else None
+
+
 def call(command: str, *args: Any, **kwargs: Any) -> Write:
-    """A write to queue inside MULTI: `command` on the pipeline with these arguments."""
-    return lambda p: getattr(p, command)(*args, **kwargs)
+    return Call(command, args, kwargs)
 
