@@ -4,6 +4,7 @@ work whose holder is dead by the engine's own evidence (`taskmedic.detection.eng
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -13,11 +14,14 @@ from exporter.metrics import Sample, sample
 from taskmedic.connections import Connections
 from taskmedic.detection import engine
 
+log = logging.getLogger("taskmedic.exporter.engine")
+
 
 @dataclass
 class EngineQueueCollector(RedisQueueCollector):
     # when each `key` heartbeat was first seen missing, across cycles (its dead_after)
     _absences: engine.Absences = field(default_factory=engine.Absences, init=False, repr=False)
+    _unreadable: list[str] = field(default_factory=list, init=False, repr=False)  # logged when it changes
 
     async def collect(self) -> list[Sample]:
         state = await engine.observe(self.client, self.source, self._absences)
@@ -31,7 +35,13 @@ class EngineQueueCollector(RedisQueueCollector):
             out += [sample("taskmedic_queue_depth", queue.depth, system=system, queue=q),
                     sample("taskmedic_queue_unacked", held[q], system=system, queue=q),
                     sample("taskmedic_queue_oldest_age_seconds", age, system=system, queue=q)]
-        trusted = not state.unknown and not state.truncated  # more held work than max_held: not all judged
+        # more held work than max_held, or keys of another type: not all of it judged
+        trusted = not state.unknown and not state.truncated and not state.unreadable
+        if state.unreadable != self._unreadable:
+            for why in state.unreadable[:20]:
+                log.warning("judgement not trusted: a key has another type than the engine's layout",
+                            extra={"system": system, "why": why})
+            self._unreadable = state.unreadable
         out += [sample("taskmedic_tasks", sum(q.depth for q in state.queues.values()), system=system, status="queued"),
                 sample("taskmedic_tasks", len(state.held), system=system, status="held"),
                 sample("taskmedic_stuck_tasks", len(state.dead), system=system, status="held", reason=reason),

@@ -246,6 +246,8 @@ class EngineStep(StepType[EngineSpec]):
         state = await self._observe(client, source, absences, spec.window)
         dead = state.dead
         detail.update({"held": len(state.held), "dead": [h.job for h in dead][:50], "unknown": len(state.unknown)})
+        if state.unreadable:
+            detail["unreadable"] = state.unreadable[:20]
         if state.skew > engine.clock_tolerance:
             raise Refused(f"a worker's heartbeat is {state.skew:.0f}s ahead of Redis' clock: liveness cannot be "
                           "judged", detail)

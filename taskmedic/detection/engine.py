@@ -65,6 +65,8 @@ class EngineState:
     verdicts: list[Verdict] = field(default_factory=list)
     skew: float = 0.0  # how far ahead of Redis' clock the newest heartbeat is
     truncated: bool = False  # more held work than engine.max_held
+    # keys of another Redis type than the engine's layout says (WRONGTYPE): skipped, not judged
+    unreadable: list[str] = field(default_factory=list)
 
     def judged(self, verdict: Verdict) -> list[HeldJob]:
         return [h for h, v in zip(self.held, self.verdicts, strict=True) if v == verdict]
@@ -103,7 +105,17 @@ async def discover_queues(client: aioredis.Redis, source: QueueSource) -> list[s
     return sorted(names)[: source.max_queues]
 
 
-async def read_queues(client: aioredis.Redis, engine: RedisEngine, queues: list[str]) -> dict[str, QueueState]:
+def _readable(key: str, reply: Any, unreadable: list[str]) -> bool:
+    """Whether a pipelined reply is data: an error (WRONGTYPE on one odd key) is noted and
+    skipped, so one key does not blind the whole system's judgement."""
+    if isinstance(reply, Exception):
+        unreadable.append(f"{key}: {reply}")
+        return False
+    return True
+
+
+async def read_queues(client: aioredis.Redis, engine: RedisEngine, queues: list[str],
+                      unreadable: list[str]) -> dict[str, QueueState]:
     spec = engine.queues
     async with client.pipeline(transaction=False) as pipe:
         for q in queues:
@@ -114,10 +126,11 @@ async def read_queues(client: aioredis.Redis, engine: RedisEngine, queues: list[
             else:
                 pipe.zcard(key)
                 pipe.zrange(key, 0, 0, withscores=True)
-        replies = await pipe.execute()
-    heads = {q: replies[2 * i + 1] for i, q in enumerate(queues)}
-    times = await _enqueue_times(client, engine, heads)
-    return {q: QueueState(int(replies[2 * i]), times.get(q)) for i, q in enumerate(queues)}
+        replies = await pipe.execute(raise_on_error=False)
+    read = {q: (replies[2 * i], replies[2 * i + 1]) for i, q in enumerate(queues)
+            if _readable(wire.render(spec.key, queue=q), replies[2 * i], unreadable)}
+    times = await _enqueue_times(client, engine, {q: head for q, (_, head) in read.items()})
+    return {q: QueueState(int(depth), times.get(q)) for q, (depth, _) in read.items()}
 
 
 async def _enqueue_times(client: aioredis.Redis, engine: RedisEngine, heads: dict[str, Any]) -> dict[str, float]:
@@ -137,7 +150,7 @@ async def _enqueue_times(client: aioredis.Redis, engine: RedisEngine, heads: dic
             for q, m in members.items():
                 key = wire.render(spec.key, queue=q, job=redis_text(m))
                 pipe.hget(key, spec.field if spec.source == "hash" else redis_text(m))
-            values = await pipe.execute()
+            values = [None if isinstance(v, Exception) else v for v in await pipe.execute(raise_on_error=False)]
         raw = dict(zip(members, values, strict=True))
         if spec.source == "hash_field":
             raw = {q: (wire.json_object(v) or {}).get(spec.field) if v else None for q, v in raw.items()}
@@ -171,12 +184,13 @@ async def _holding_keys(client: aioredis.Redis, engine: RedisEngine, queues: lis
     return keyed[:cap], len(keyed) > cap
 
 
-async def read_held(client: aioredis.Redis, engine: RedisEngine, queues: list[str]) -> tuple[list[HeldJob], bool]:
+async def read_held(client: aioredis.Redis, engine: RedisEngine, queues: list[str],
+                    unreadable: list[str]) -> tuple[list[HeldJob], bool]:
     """Every job held now (at most engine.max_held), and whether there was more."""
     holding = engine.holding
     cap = engine.max_held
     if holding.type == "lock":
-        return await _read_locked(client, engine, queues)
+        return await _read_locked(client, engine, queues, unreadable)
     keyed, more_keys = await _holding_keys(client, engine, queues, cap)
     async with client.pipeline(transaction=False) as pipe:
         for names in keyed:
@@ -187,10 +201,12 @@ async def read_held(client: aioredis.Redis, engine: RedisEngine, queues: list[st
                 pipe.lrange(key, 0, cap)
             else:
                 pipe.hgetall(key)
-        replies = await pipe.execute()
+        replies = await pipe.execute(raise_on_error=False)
     held: list[HeldJob] = []
     for names, reply in zip(keyed, replies, strict=True):
         key = wire.render(holding.key, **names)
+        if not _readable(key, reply, unreadable):
+            continue
         if holding.type == "hash":
             held += _hash_jobs(engine, key, names["worker"], reply)
         else:
@@ -213,15 +229,17 @@ def _hash_jobs(engine: RedisEngine, key: str, worker: str, fields: dict[bytes, b
     return out
 
 
-async def _read_locked(client: aioredis.Redis, engine: RedisEngine, queues: list[str]) -> tuple[list[HeldJob], bool]:
+async def _read_locked(client: aioredis.Redis, engine: RedisEngine, queues: list[str],
+                       unreadable: list[str]) -> tuple[list[HeldJob], bool]:
     """A lock holding: the queue's members that have their lock key (arq's in-progress key)."""
     spec, cap = engine.queues, engine.max_held
     async with client.pipeline(transaction=False) as pipe:
         for q in queues:
             key = wire.render(spec.key, queue=q)
             pipe.zrange(key, 0, cap) if spec.type == "zset" else pipe.lrange(key, 0, cap)
-        members = await pipe.execute()
-    candidates = [(q, m) for q, ms in zip(queues, members, strict=True) for m in ms]
+        members = await pipe.execute(raise_on_error=False)
+    candidates = [(q, m) for q, ms in zip(queues, members, strict=True)
+                  if _readable(wire.render(spec.key, queue=q), ms, unreadable) for m in ms]
     async with client.pipeline(transaction=False) as pipe:
         for q, m in candidates:
             pipe.exists(wire.render(engine.holding.key, queue=q, job=redis_text(m)))
@@ -247,9 +265,11 @@ async def _waiting_only(client: aioredis.Redis, engine: RedisEngine, queues: dic
                 pipe.zrange(key, 0, n, withscores=True)
             else:
                 pipe.lrange(key, 0, n) if spec.take_from == "left" else pipe.lrange(key, -n - 1, -1)
-        replies = await pipe.execute()
+        replies = await pipe.execute(raise_on_error=False)
     heads: dict[str, Any] = {}
     for q, reply in zip(busy, replies, strict=True):
+        if isinstance(reply, Exception):
+            continue  # its type changed since it was read: its oldest waiting job is not known
         if spec.type == "zset":
             waiting = [entry for entry in reply if entry[0] not in running[q]]
             heads[q] = waiting[:1]
@@ -296,7 +316,7 @@ async def read_evidence(client: aioredis.Redis, engine: RedisEngine,
     async with client.pipeline(transaction=False) as pipe:
         for ev in unique:
             ask(pipe, engine, ev)
-        return dict(zip(unique, await pipe.execute(), strict=True))
+        return dict(zip(unique, await pipe.execute(raise_on_error=False), strict=True))
 
 
 @dataclass
@@ -324,6 +344,8 @@ class Absences:
 def verdict(engine: RedisEngine, raw: Any, now: float, absences: Absences | None = None,
             key: str = "") -> tuple[Verdict, float]:
     """What the evidence says of its holder, and how far its beat is ahead of `now`."""
+    if isinstance(raw, Exception):
+        return "unknown", 0.0  # its key has another type than the engine's (WRONGTYPE)
     beat = engine.heartbeat
     if beat is None:
         return ("alive" if raw else "dead"), 0.0
@@ -361,8 +383,8 @@ async def observe(client: aioredis.Redis, source: QueueSource, absences: Absence
     engine = engine_of(source)
     state = EngineState(redis_now(await client.time()))
     queues = await discover_queues(client, source)
-    state.queues = await read_queues(client, engine, queues)
-    held, state.truncated = await read_held(client, engine, queues)
+    state.queues = await read_queues(client, engine, queues, state.unreadable)
+    held, state.truncated = await read_held(client, engine, queues, state.unreadable)
     if engine.holding.type == "lock":
         state.queues = await _waiting_only(client, engine, state.queues, held)
     evidence = [evidence_of(engine, h) for h in held]

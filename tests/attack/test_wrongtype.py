@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import redis
 
 from tests.attack.kit import judge, run_step
@@ -49,7 +48,6 @@ async def test_a_dry_run_says_the_push_would_fail(site: Site) -> None:
     assert report.outcome == "failed" and "'queue:other' is a string" in (report.error or ""), report.error
 
 
-@pytest.mark.xfail(strict=True, reason="a WRONGTYPE reply fails the whole pipeline, so the collector")
 async def test_one_queue_key_of_another_type_does_not_blind_the_whole_collector(site: Site, tmp: Path) -> None:
     """Sidekiq lists queue `odd` whose key is a hash: the dead process' job on `default` must
     still be judged (the odd queue skipped and reported, not the system's collector failing)."""
@@ -62,7 +60,6 @@ async def test_one_queue_key_of_another_type_does_not_blind_the_whole_collector(
     assert value(result, "taskmedic_stuck_tasks", reason="expiring") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a WRONGTYPE reply fails the whole pipeline, so the collector")
 async def test_one_process_key_of_another_type_does_not_blind_the_whole_collector(site: Site, tmp: Path) -> None:
     """A member of `processes` whose key is a list (HGET beat → WRONGTYPE)."""
     r = redis.Redis.from_url(site.redis_url)
@@ -73,3 +70,15 @@ async def test_one_process_key_of_another_type_does_not_blind_the_whole_collecto
     result = await judge(tmp, site.redis_url, "sidekiq")
     assert result.error is None, result.error
     assert value(result, "taskmedic_stuck_tasks", reason="expiring") == 1
+    assert value(result, "taskmedic_judgement_trusted") == 0
+
+
+async def test_the_step_gives_back_the_dead_process_job_next_to_an_odd_key_and_says_so(site: Site) -> None:
+    r = redis.Redis.from_url(site.redis_url)
+    job = seed_dead_sidekiq(r)
+    r.sadd("queues", "default", "odd")
+    r.hset("queue:odd", "x", "y")
+    report = await run_step(site, "sidekiq", window="1s")
+    assert r.lrange("queue:default", 0, -1) == [job.encode()], (report.outcome, report.error)
+    assert report.steps[0].detail["unreadable"] == [
+        "queue:odd: WRONGTYPE Operation against a key holding the wrong kind of value"]
