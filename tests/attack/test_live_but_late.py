@@ -57,3 +57,33 @@ async def test_a_beating_worker_whose_clock_is_behind_keeps_its_work(site: Site)
         report = await run_step(site, "dramatiq", window="1s")
     assert r.smembers(f"dramatiq:__acks__.{LIVE}.default") == {b"m-1"}, (report.outcome, report.steps[0].detail)
     assert r.llen("dramatiq:default") == 0
+
+
+@pytest.mark.xfail(strict=True, reason="sidekiq: the beat field is the process' own clock; its key's TTL (60 s, "
+                                       "renewed at each beat by Redis' clock) would say it lives")
+async def test_a_beating_sidekiq_process_whose_clock_is_behind_keeps_its_jobs(site: Site) -> None:
+    r = redis.Redis.from_url(site.redis_url)
+    identity = "host-c:333:behind"
+    job = json.dumps({"class": "HardJob", "args": [], "jid": "jid-1", "queue": "default"})
+    r.sadd("processes", identity)
+    r.hset(f"{identity}:workers", "tid-1", json.dumps({"queue": "default", "payload": job}))
+    stop = threading.Event()
+
+    def beat() -> None:  # what Sidekiq's heartbeat does every 5 s (here faster), by a clock 20 s behind
+        client = redis.Redis.from_url(site.redis_url)
+        while not stop.is_set():
+            client.hset(identity, "beat", str(time.time() - 20))
+            client.expire(identity, 60)
+            client.expire(f"{identity}:workers", 60)
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        report = await run_step(site, "sidekiq", window="1s")
+    finally:
+        stop.set()
+        thread.join()
+    assert r.hexists(f"{identity}:workers", "tid-1"), (report.outcome, report.steps[0].detail)
+    assert r.llen("queue:default") == 0
