@@ -10,7 +10,7 @@ profile, worker_ttl_below 45 s, 1 s interval) watching them.
   horse's are SIGKILLed, and /metrics is scraped every 100 ms until `worker_gone` rises, then
   10 s more;
 - the twin stays alive; a count above 1 is a false positive (the twin or the orphan).
-The comparison is RQ's own recovery, computed from its defaults (/work/findings/rq.md §3): the
+The comparison is RQ's own recovery, computed from its defaults (docs/engines.md, RQ): the
 lease runs out 60-90 s after the kill (taskmedic's `abandoned`), and `StartedJobRegistry.cleanup`
 runs at a live worker's next maintenance on that queue, every ~810 s for an idle worker
 (maintenance_interval 600 s, checked once per 405 s dequeue timeout): up to 90 + 810 = 900 s.

@@ -6,7 +6,7 @@ tests/workers/dramatiq/actors.py, one process (`--processes 1`) in a session of 
 crash is a SIGKILL of the whole process group. Jobs push the broker id of the worker running them
 on marker lists, `taskmedic-harness:dramatiq:<redis_message_id>:started` / `:finished`.
 
-Where dramatiq keeps work (docs: /work/findings/dramatiq.md), with the default namespace `dramatiq`:
+Where dramatiq keeps work (docs/engines.md), with the default namespace `dramatiq`:
 `dramatiq:<queue>` list of redis message ids (RPUSH in, LPOP out), `dramatiq:<queue>.msgs` hash id ->
 JSON message, `dramatiq:__acks__.<broker id>.<queue>` set of the ids a worker process fetched and
 has not acked, `dramatiq:__heartbeats__` zset broker id -> last command's time in ms (worker clock).
