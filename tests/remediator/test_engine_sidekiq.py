@@ -181,3 +181,26 @@ async def test_two_runs_at_once_give_the_job_back_once(site: Site) -> None:
         client.close()
         for proc in workers:
             sidekiq.kill(proc)
+
+
+async def test_after_the_60s_expiry_nothing_is_left_to_capture(site: Site) -> None:
+    client = redis.Redis.from_url(site.redis_url, decode_responses=True)
+    setup = sidekiq_setup(site)
+    workers = sidekiq.start_workers(site.redis_url, QUEUE, 1)
+    try:
+        jid, _, victim = start_job(site.redis_url, SHORT_JOB)
+        kill_holding(site.redis_url, workers[0], victim, jid)
+        # What Redis does 60 s after the last beat (PEXPIRE now stands for the passing of that minute).
+        client.pexpire(victim, 1)
+        client.pexpire(f"{victim}:workers", 1)
+        wait_until(lambda: not client.exists(victim, f"{victim}:workers"), 2, f"{victim}'s hashes to expire")
+
+        report = await execute(setup, LABELS)
+        assert report.outcome == "skipped", report.error
+        assert report.steps[0].detail["held"] == 0
+        assert client.llen(f"queue:{QUEUE}") == 0 and sidekiq.job_runs(site.redis_url, jid) == 1  # the job is lost
+        assert client.sismember("processes", victim)  # a stale member, not evidence of anything held
+    finally:
+        client.close()
+        for proc in workers:
+            sidekiq.kill(proc)
