@@ -144,11 +144,13 @@ class Heartbeat(Model):
 
     - `zset`: its score in one sorted set (`member`, default {worker}) is its last beat;
     - `hash`: a hash per worker (`key` with {worker}) whose `field` is its last beat;
+    - `ttl`: a key the worker re-expires to `expires_after` on every beat: its remaining TTL tells
+      how long ago it beat, on Redis' clock, whatever the worker's clock says (Sidekiq's <identity>);
     - `key`: the key exists (its expiry is the engine's own death rule); with `dead_after`, only a
       key that stays missing that long is death (arq deletes its queue's shared health key when
       any one worker stops gracefully, while the others run on and rewrite it)."""
 
-    type: Literal["zset", "hash", "key"]
+    type: Literal["zset", "hash", "ttl", "key"]
     key: KeyTemplate
     member: KeyTemplate = "{worker}"
     field: str | None = None
@@ -156,13 +158,20 @@ class Heartbeat(Model):
     # zset/hash: a beat older than this is death; key: missing for this long is death
     dead_after: Duration | None = Field(default=None, gt=0)
     missing: Literal["dead", "unknown"] = "unknown"  # no beat at all for a holder that holds work
+    expires_after: Duration | None = Field(default=None, gt=0)  # ttl: the expiry each beat sets
 
     @model_validator(mode="after")
     def _check(self) -> Heartbeat:
         if (self.type == "hash") != (self.field is not None):
             raise ValueError("heartbeat.field is the beat of a `hash` heartbeat, and only of it")
         if self.type != "key" and self.dead_after is None:
-            raise ValueError("heartbeat.dead_after is needed for a zset or hash heartbeat: how old a beat means death")
+            raise ValueError(f"heartbeat.dead_after is needed for a {self.type} heartbeat: how old a beat means death")
+        if (self.type == "ttl") != (self.expires_after is not None):
+            raise ValueError("heartbeat.expires_after is the expiry each beat sets on a `ttl` heartbeat's key, "
+                             "and only of it")
+        if self.type == "ttl" and self.dead_after is not None and self.expires_after is not None \
+                and self.dead_after >= self.expires_after:
+            raise ValueError("heartbeat.dead_after must be shorter than expires_after: the key is gone by then")
         _uses(self.key, {"worker", "queue"}, "heartbeat.key")
         _uses(self.member, {"worker", "queue"}, "heartbeat.member")
         return self
