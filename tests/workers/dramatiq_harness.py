@@ -187,6 +187,14 @@ def enqueue_sleep(redis_url: str, queue: str, seconds: float) -> str:
     return enqueue_sleeps(redis_url, queue, seconds)[0]
 
 
+def purge(redis_url: str, queue: str) -> None:
+    """dramatiq's own `broker.flush(queue)`: the queue's waiting ids and every message of it
+    (`.msgs`) are deleted, but the ids that workers hold stay in their acks sets."""
+    bin_dir = ensure_installed()
+    subprocess.run([str(bin_dir / "python"), str(SCRIPTS / "purge.py"), queue],
+                   env=_engine_env(redis_url, queue), check=True, capture_output=True, timeout=60)
+
+
 def started_by(client: redis.Redis, job_id: str) -> list[str]:
     """Broker ids of the workers that started the job, in order (a requeued job starts again)."""
     return [redis_text(member) for member in client.lrange(f"{MARKERS}{job_id}:started", 0, -1)]
