@@ -221,6 +221,10 @@ class Recovery(Model):
     push_to: KeyTemplate | None = None
     end: Literal["left", "right"] = "right"  # the engine's own choice of end
     value: Literal["job_id", "job"] = "job_id"  # the id, or the job itself (a hash holding's job_field)
+    # a hash whose field {job} is the held job (with {queue}: Dramatiq's "dramatiq:{queue}.msgs"): an
+    # id whose job is no longer there (its queue was purged) is only dropped from where it was held,
+    # never pushed back (a worker would fetch an id with no job, and hold it for ever)
+    push_if_in: KeyTemplate | None = None
     also: Writes = Field(default_factory=list)  # per job given back: {queue}, {worker}, {job}
     per_worker: Writes = Field(default_factory=list)  # once per dead worker, after its jobs: {worker}
     attempts: Attempts | None = None  # a job whose counter reached `max` is not given back (a person looks)
@@ -228,6 +232,9 @@ class Recovery(Model):
     @model_validator(mode="after")
     def _check(self) -> Recovery:
         _uses(self.push_to, {"queue"}, "recovery.push_to")
+        _uses(self.push_if_in, {"queue"}, "recovery.push_if_in")
+        if self.push_if_in is not None and self.push_to is None:
+            raise ValueError("recovery.push_if_in says which held ids are pushed back: it needs push_to")
         for where, writes, allowed in (("recovery.also", self.also, {"queue", "worker", "job"}),
                                        ("recovery.per_worker", self.per_worker, {"worker"})):
             for w in writes:
