@@ -60,6 +60,20 @@ systems:
     profile: rq
     redis: {rs.url(2)}
     interval: 1s
+  # The job engines described by configuration: watched, idle here (their incidents are healed
+  # with real workers in tests/exporter/test_engine_*.py and tests/remediator/test_engine_*.py).
+  dramatiq:
+    profile: dramatiq
+    redis: {rs.url(4)}
+  bullmq:
+    profile: bullmq
+    redis: {rs.url(5)}
+  sidekiq:
+    profile: sidekiq
+    redis: {rs.url(6)}
+  arq:
+    profile: arq
+    redis: {rs.url(7)}
 disks:
   - path: {storage}
     interval: 1s
