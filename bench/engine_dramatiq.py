@@ -75,7 +75,7 @@ def report_line(m: dict[str, float]) -> str:
             f"median **{m['median_s']:.1f} s** (max {m['max_s']:.1f} s), {m['false_positives']:.0f} false positives "
             f"on the live twin worker of the same queue; dramatiq's own recovery {m['recovery_s']:.0f} s measured "
             f"once (**{m['speedup']:.0f}x** later), about {m['recovery_mean_s']:.0f} s on average, never without a "
-            "live process on the queue |")
+            "live process on the queue | >= 10x sooner than the engine, 0 false positives |")
 
 
 def main() -> None:
