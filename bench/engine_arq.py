@@ -81,7 +81,8 @@ def report_line(m: dict[str, float]) -> str:
             f"(health_check_interval {m['health_check_interval_s']:.0f} s, dead_after {m['dead_after_s']:.0f} s, "
             f"1 s interval, {m['rounds']:.0f} rounds) | median **{m['median_s']:.1f} s** (max {m['max_s']:.1f} s), "
             f"{m['false_positives']:.0f} false positives on the live twin queue; arq's own recovery "
-            f"{m['recovery_s']:.0f} s with a live worker on the queue (**{m['speedup']:.0f}x** later), never without | >= 10x sooner than the engine, 0 false positives |")
+            f"{m['recovery_s']:.0f} s with a live worker on the queue (**{m['speedup']:.0f}x** later), never without"
+            " | >= 10x sooner than the engine, 0 false positives |")
 
 
 def main() -> None:
