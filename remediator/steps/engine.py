@@ -6,12 +6,12 @@ configuration (`queues: {type: engine}`), the way the engine's own recovery does
    own evidence says dead. More than `max_items`, a worker clock ahead of Redis', or more held
    work than can be read → refused before any write. Unknown holders are left alone.
 2. Per holder (a worker, a job's lock, a queue's heartbeat), in one MULTI/EXEC with its holding
-   and evidence keys WATCHed: the holder is judged again, and only if it is still dead are its
-   jobs pushed back (`push_to`, `end`; the job itself for a hash holding), removed from where it
-   held them, and the engine's further writes done (`also`, `per_worker`); an id whose job is gone
-   (`push_if_in`) is only removed, as the engine's recovery drops it. A holder that beats
-   again in between, or a job that finished, is left alone; a second run finds nothing: each job
-   is given back once.
+   (or, with `holding.job_key`, its jobs' own keys) and evidence keys WATCHed: the holder is
+   judged again, and only if it is still dead are its jobs pushed back (`push_to`, `end`; the job
+   itself for a hash holding), removed from where it held them, and the engine's further writes
+   done (`also`, `per_worker`); an id whose job is gone (`push_if_in`) is only removed, as the
+   engine's recovery drops it. A holder that beats again in between, or a job that finished, is
+   left alone; a second run finds nothing: each job is given back once.
    With `watch`, holders that die within that long after are judged and given back the same way.
 3. Verify: within `window`, every queue that got work back has some of it picked up (it left
    the queue); else the step fails. The given-back work stays given back (it is recorded).
@@ -134,9 +134,14 @@ class GivenBack:
 async def _give_back(pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],
                      absences: detection.Absences, dry_run: bool) -> GivenBack:
     """Give back one dead holder's jobs, if it is still dead."""
-    watched = {j.key for j in jobs} | {holder.key}
-    if engine.holding.type == "lock":
-        watched |= {wire.render(engine.holding.key, **j.names()) for j in jobs}
+    holding = engine.holding
+    watched = {holder.key}
+    if holding.type == "lock":
+        watched |= {j.key for j in jobs} | {wire.render(holding.key, **j.names()) for j in jobs}
+    elif holding.job_key is not None:  # the job's own key: its queue-wide holding changes all the time
+        watched |= {wire.render(holding.job_key, **j.names()) for j in jobs}
+    else:
+        watched |= {j.key for j in jobs}
     await pipe.watch(*sorted(watched))
     now = redis_now(await pipe.time())
     raw = await detection.ask(pipe, engine, holder)

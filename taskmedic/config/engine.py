@@ -110,6 +110,11 @@ class Holding(Model):
     type: Literal["set", "list", "hash", "lock"]
     key: KeyTemplate
     workers_in: str | None = None  # a set listing the workers (Sidekiq's `processes`); else SCAN for `key`
+    # set/list: a key per job ({job}) that the engine writes at every move of the job (BullMQ's job
+    # hash), WATCHed by the give-back instead of `key` when that key is shared by all workers of a
+    # queue and so changes at every take and finish (watching BullMQ's active list, a busy queue
+    # aborts every give-back)
+    job_key: KeyTemplate | None = None
     queue_field: str | None = None
     job_field: str | None = None
     job_id_field: str = "jid"  # hash: the key of the job's JSON that is its id
@@ -131,6 +136,10 @@ class Holding(Model):
                              "use {queue} (and {worker} when it is per worker), not {job}")
         if self.workers_in is not None and "worker" not in used:
             raise ValueError("workers_in lists workers: holding.key must contain {worker}")
+        if self.job_key is not None:
+            if self.type not in ("set", "list") or "job" not in placeholders(self.job_key):
+                raise ValueError("holding.job_key is a key per job ({job}) watched instead of a set or list holding")
+            _uses(self.job_key, self.names(), "holding.job_key")
         return self
 
     def names(self) -> set[str]:
