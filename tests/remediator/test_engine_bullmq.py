@@ -32,6 +32,7 @@ from tests.workers.bullmq_harness import (
     key,
     kill,
     lock_key,
+    start_producer,
     start_worker,
     wait_finished,
     wait_held,
@@ -237,3 +238,36 @@ async def test_two_runs_at_once_give_the_job_back_once(site: Site) -> None:
         no_stalled_check_of_bullmq(workers)
     finally:
         workers.kill_all()
+
+
+async def test_a_busy_queue_does_not_keep_the_give_back_from_happening(site: Site) -> None:
+    """BullMQ keeps every worker's running jobs in one list per queue, `bull:<q>:active`, which
+    changes at every take and every finish. The give-back watches the job's own keys (its lock and
+    its hash, which every move of the job writes), not that list: on a queue running hundreds of
+    jobs a second it still gives the job back, once."""
+    ensure_installed()
+    setup = bullmq_setup(site)
+    workers = Workers(site.redis_url)
+    producer = None
+    client = redis.Redis.from_url(site.redis_url)
+    try:
+        job = orphan(workers, 300)
+        for i in range(2):
+            workers.started.append(start_worker(site.redis_url, QUEUE, name=f"busy{i}", concurrency=5, **TIMINGS))
+        producer = start_producer(site.redis_url, QUEUE, 100_000)
+        done = key(QUEUE, "completed")
+        wait_until(lambda: client.zcard(done) > 500, 20, "the busy workers to run instant jobs")
+        before = (client.zcard(done), time.monotonic())
+        report = await execute(setup, LABELS)
+        rate = (client.zcard(done) - before[0]) / (time.monotonic() - before[1])
+        assert rate > 100, f"only {rate:.0f} jobs/s: not busy"
+        assert report.outcome == "succeeded", report.error
+        state = wait_held(site.redis_url, QUEUE, job)
+        assert state.processed_by in ("busy0", "busy1") and state.stalled_count == 1
+        assert stalled_events(site.redis_url, job) == 1
+        no_stalled_check_of_bullmq(workers)
+    finally:
+        if producer is not None:
+            kill(producer)
+        workers.kill_all()
+        client.close()
