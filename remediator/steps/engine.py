@@ -217,6 +217,7 @@ class EngineStep(StepType[EngineSpec]):
         detail: dict[str, Any] = {"system": spec.system, "engine": engine.name}
         done = await self._round(spec, ctx, client, source, absences, spec.max_items, detail)
         if done.exhausted and not done.given:
+            detail["exhausted"] = [h.job for h in done.exhausted][:50]
             raise Refused(f"{len(done.exhausted)} held job(s) reached the engine's attempts limit and are left for "
                           "a person (the engine itself would fail them)", detail)
         if spec.watch and done.given and not ctx.dry_run:
