@@ -1,9 +1,10 @@
-"""The `engine` step with the bullmq profile, against real BullMQ 6.7 workers
-(tests/workers/bullmq_harness.py): a SIGKILLed worker's job, left in `bull:<q>:active` once its
-lock expired, is given back the way BullMQ's moveStalledJobsToWait does it (RPUSH to the consume
-end of wait, `stc` + 1, the marker that wakes blocked workers, the `waiting`/`stalled` events) and
-run to completion by a live worker; a job that already stalled once (`stc` 1, BullMQ's default
-maxStalledCount) is left for a person, as BullMQ would fail it rather than run it again.
+"""The shipped playbook bullmq-give-back-stalled-jobs (an `engine` step, window 30 s here) with
+the bullmq profile, against real BullMQ 6.7 workers (tests/workers/bullmq_harness.py): a
+SIGKILLed worker's job, left in `bull:<q>:active` once its lock expired, is given back the way
+BullMQ's moveStalledJobsToWait does it (RPUSH to the consume end of wait, `stc` + 1, the marker
+that wakes blocked workers, the `waiting`/`stalled` events) and run to completion by a live
+worker; a job that already stalled once (`stc` 1, BullMQ's default maxStalledCount) is left for a
+person, as BullMQ would fail it rather than run it again.
 
 BullMQ's own stalled checker runs in every live worker of the queue. So that what is tested here is
 taskmedic's give-back and not BullMQ's, every worker runs with stalledInterval 120 s: a worker checks
@@ -23,7 +24,7 @@ import redis
 
 from remediator.config import Setup, load_setup
 from tests.polling import await_until, wait_until
-from tests.remediator.kit import Site, execute
+from tests.remediator.kit import SHIPPED, Site, execute
 from tests.workers.bullmq_harness import (
     WorkerProcess,
     enqueue_sleep,
@@ -41,22 +42,16 @@ from tests.workers.bullmq_harness import (
 QUEUE = "renders"
 LOCK_S = 3.0
 TIMINGS = {"lock_duration_ms": int(LOCK_S * 1000), "stalled_interval_ms": 120_000}
-LABELS = {"alertname": "TaskmedicStuckTasks", "system": "bq", "reason": "stalled"}
-PLAYBOOK = """
-name: bullmq-give-back-stalled
-match:
-  alertname: TaskmedicStuckTasks
-  system: bq
-  reason: stalled
-steps:
-  - name: give back the jobs of dead workers
-    engine: {system: bq, window: WINDOW, max_items: 100}
-"""
+PLAYBOOK = "bullmq-give-back-stalled-jobs"
+LABELS = {"alertname": "TaskmedicStuckTasks", "system": "bullmq", "reason": "stalled"}
 
 
 def bullmq_setup(site: Site, window: str = "30s") -> Setup:
-    systems = f"  bq: {{profile: bullmq, redis: '{site.redis_url}'}}\n"
-    return load_setup(str(site.write(PLAYBOOK.replace("WINDOW", window), systems=systems)))
+    """The shipped playbook (its window set), its `bullmq` system on the test's Redis."""
+    shipped = (SHIPPED / f"{PLAYBOOK}.yml").read_text()
+    assert "window: 60s" in shipped
+    systems = f"  bullmq: {{profile: bullmq, redis: '{site.redis_url}'}}\n"
+    return load_setup(str(site.write(shipped.replace("window: 60s", f"window: {window}"), systems=systems)))
 
 
 class Workers:
@@ -123,7 +118,7 @@ async def test_dead_workers_job_is_given_back_and_run_to_completion_the_live_twi
         held = wait_held(site.redis_url, QUEUE, twin_job)
         assert held.holder == twin.worker_id
 
-        run = asyncio.create_task(execute(setup, LABELS))
+        run = asyncio.create_task(execute(setup, LABELS, playbook=PLAYBOOK))
         # The twin is busy: the job waits, given back, until a fresh worker starts (in a thread, so
         # that the step goes on polling for the pickup meanwhile).
         await await_until(lambda: job_state(site.redis_url, QUEUE, job), 10, "the job given back",
@@ -143,7 +138,7 @@ async def test_dead_workers_job_is_given_back_and_run_to_completion_the_live_twi
         assert twin_now.processed_on_ms == held.processed_on_ms
         no_stalled_check_of_bullmq(workers)
 
-        again = await execute(setup, LABELS)
+        again = await execute(setup, LABELS, playbook=PLAYBOOK)
         assert again.outcome == "skipped", again.error
     finally:
         workers.kill_all()
@@ -154,7 +149,7 @@ async def test_dry_run_judges_the_dead_job_and_changes_nothing(site: Site) -> No
     workers = Workers(site.redis_url)
     try:
         job = orphan(workers, 300)
-        report = await execute(bullmq_setup(site), LABELS, dry_run=True)
+        report = await execute(bullmq_setup(site), LABELS, dry_run=True, playbook=PLAYBOOK)
         assert report.outcome == "dry_run", report.error
         assert report.steps[0].rows == 1 and report.steps[0].detail["given_back"] == {QUEUE: [job]}
         state = job_state(site.redis_url, QUEUE, job)
@@ -170,14 +165,15 @@ async def test_with_no_live_worker_the_step_fails_and_the_job_stays_given_back_o
     try:
         job = orphan(workers, 300)
         setup = bullmq_setup(site, window="2s")
-        report = await execute(setup, LABELS)
+        report = await execute(setup, LABELS, playbook=PLAYBOOK)
         assert report.outcome == "failed"
         assert report.steps[0].outcome == "failed" and "not picked up" in (report.error or "")
         state = job_state(site.redis_url, QUEUE, job)
         assert state.in_wait and not state.in_active and state.stalled_count == 1
         assert times_waiting(site.redis_url, job) == 1
 
-        again = await execute(setup, LABELS)  # nothing is held any more: nothing to give back twice
+        # nothing is held any more: nothing to give back twice
+        again = await execute(setup, LABELS, playbook=PLAYBOOK)
         assert again.outcome == "skipped", again.error
         assert times_waiting(site.redis_url, job) == 1 and job_state(site.redis_url, QUEUE, job).stalled_count == 1
         assert stalled_events(site.redis_url, job) == 1
@@ -194,7 +190,7 @@ async def test_a_job_that_already_stalled_once_is_left_for_a_person(site: Site) 
     try:
         job = orphan(workers, 300, "first")
         second = workers.start("second")  # idle: it takes the job once given back
-        first_run = await execute(setup, LABELS)
+        first_run = await execute(setup, LABELS, playbook=PLAYBOOK)
         assert first_run.outcome == "succeeded", first_run.error
         assert wait_held(site.redis_url, QUEUE, job).holder == second.worker_id
         kill(second)
@@ -205,7 +201,7 @@ async def test_a_job_that_already_stalled_once_is_left_for_a_person(site: Site) 
             client.close()
         assert job_state(site.redis_url, QUEUE, job).stalled_count == 1
 
-        report = await execute(setup, LABELS)
+        report = await execute(setup, LABELS, playbook=PLAYBOOK)
         assert report.outcome == "refused", report.error
         step = report.steps[0]
         assert step.outcome == "refused" and step.detail["exhausted"] == [job]
@@ -227,7 +223,7 @@ async def test_two_runs_at_once_give_the_job_back_once(site: Site) -> None:
         started = time.monotonic()
         # Both runs judge the job dead (observed: each one's detail lists it); the WATCH on its lock
         # and the active list makes the later one re-judge, find it no longer held, and write nothing.
-        reports = await asyncio.gather(execute(setup, LABELS), execute(setup, LABELS))
+        reports = await asyncio.gather(*(execute(setup, LABELS, playbook=PLAYBOOK) for _ in range(2)))
         assert time.monotonic() - started < 30
         assert sorted(r.outcome for r in reports) == ["skipped", "succeeded"], [r.error for r in reports]
         assert sum(r.steps[0].rows for r in reports if r.steps) == 1
@@ -258,7 +254,7 @@ async def test_a_busy_queue_does_not_keep_the_give_back_from_happening(site: Sit
         done = key(QUEUE, "completed")
         wait_until(lambda: client.zcard(done) > 500, 20, "the busy workers to run instant jobs")
         before = (client.zcard(done), time.monotonic())
-        report = await execute(setup, LABELS)
+        report = await execute(setup, LABELS, playbook=PLAYBOOK)
         rate = (client.zcard(done) - before[0]) / (time.monotonic() - before[1])
         assert rate > 100, f"only {rate:.0f} jobs/s: not busy"
         assert report.outcome == "succeeded", report.error
