@@ -8,10 +8,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import engine_arq, engine_dramatiq, engine_rq, engine_sidekiq
+from bench import engine_arq, engine_bullmq, engine_dramatiq, engine_rq, engine_sidekiq
 
-ENGINES: dict[str, ModuleType] = {"rq": engine_rq, "dramatiq": engine_dramatiq, "sidekiq": engine_sidekiq,
-                                  "arq": engine_arq}
+ENGINES: dict[str, ModuleType] = {"rq": engine_rq, "dramatiq": engine_dramatiq, "bullmq": engine_bullmq,
+                                  "sidekiq": engine_sidekiq, "arq": engine_arq}
 
 
 def measure(tmp: Path, rounds: int = 3) -> dict[str, dict[str, Any]]:
