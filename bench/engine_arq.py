@@ -13,7 +13,7 @@ Timings: arq's defaults, except health_check_interval. arq's default (3600 s; ke
 make a round last up to 2 h (the key outlives the kill by up to 3601 s, then the profile's default
 dead_after is 3605 s); the workers use 10 s and the exporter the matching `dead_after: 15s`, the
 pairing the profile documents. job_timeout stays 300 s (in-progress TTL 310 s).
-The comparison is arq's own recovery, measured in /work/findings/arq.md §5 with defaults: 305.4 s
+The comparison is arq's own recovery, measured with arq's defaults (docs/engines.md): 305.4 s
 from the kill to a live worker of the same queue running the job again; with no live worker on the
 queue (this bench's case) arq never gives it back.
 """
@@ -76,11 +76,22 @@ def measure(tmp: Path, rounds: int = 3) -> dict[str, float]:
                                             "dead_after_s": DEAD_AFTER}
 
 
+def report_line(m: dict[str, float]) -> str:
+    return (f"| arq: SIGKILL of a queue's only worker → `taskmedic_stuck_tasks{{reason=\"worker_gone\"}} > 0` "
+            f"(health_check_interval {m['health_check_interval_s']:.0f} s, dead_after {m['dead_after_s']:.0f} s, "
+            f"1 s interval, {m['rounds']:.0f} rounds) | median **{m['median_s']:.1f} s** (max {m['max_s']:.1f} s), "
+            f"{m['false_positives']:.0f} false positives on the live twin queue; arq's own recovery "
+            f"{m['recovery_s']:.0f} s with a live worker on the queue (**{m['speedup']:.0f}x** later), never without"
+            " | >= 10x sooner than the engine, 0 false positives |")
+
+
 def main() -> None:
-    """`python -m bench.engine_arq`: the numbers, printed."""
+    """`python -m bench.engine_arq`: the numbers and the line, printed."""
     from tests.services import tempdir
 
-    print(measure(tempdir("taskmedic-bench-arq-")))
+    m = measure(tempdir("taskmedic-bench-arq-"))
+    print(m)
+    print(report_line(m))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import aiohttp
 import psutil
 import redis
 
+from bench import engines as bench_engines
 from bench import harbor as bench_harbor
 from bench import liveness as bench_liveness
 from bench import remediator as bench_remediator
@@ -344,6 +345,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
         lines.append(bench_harbor.report_line(results["harbor"]))
     if "celery_kill" in results:
         lines += bench_liveness.report_lines(results)
+    lines += bench_engines.report_lines(results)
     lines.append(f"| exporter RSS at rest (CAPE + Celery + disk) | **{results['rss']['at_rest_mb']:.1f} MB**; "
                  f"serving the scrape benchmark {s['taskmedic_rss_mb']:.1f} MB | < 60 MB |")
     remediator = bench_remediator.report_lines(results["remediator"]) if "remediator" in results else []
@@ -364,6 +366,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> st
               "its last heartbeat (gocraft's deadTime), which was 0-5 s before the kill: detection is expected "
               "5-11 s after it, plus up to one collection interval.",
               *([bench_liveness.HOW] if "celery_kill" in results else []),
+              *([bench_engines.HOW] if bench_engines.report_lines(results) else []),
               "- Zip: a ZIP64 archive of random data written by Python's zipfile, checked by `taskmedic.archive`"
               " (tail read only) with tracemalloc measuring peak allocation, versus `unzip -tqq`.",
               *([zip_data_report(results["zip_data"])[1]] if "zip_data" in results else []),
@@ -409,6 +412,7 @@ def main() -> None:
         print("celery and scanner kill → detect ...", flush=True)
         results |= bench_liveness.measure(tmp, pg, rs)
         print({k: results[k] for k in bench_liveness.KEYS}, flush=True)
+        results |= bench_engines.measure(tmp)
         if not args.skip_zip:
             print("zip ...", flush=True)
             results["zip"] = bench_zip(tmp, args.zip_gb)

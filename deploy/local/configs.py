@@ -26,12 +26,17 @@ def write_backups(root: Path) -> Path:
     return backups
 
 
+ENGINE_PROFILES = ("dramatiq", "bullmq", "sidekiq", "arq")  # Redis databases 4-7 of the demo's server
+
+
 def write_config(root: Path, pg: PostgresServer, rs: RedisServer) -> Path:
     dsn = pg.dsn
     cfg = root / "taskmedic.yml"
     storage = root / "storage"
     storage.mkdir(exist_ok=True)
     backups = write_backups(root)
+    engines = "".join(f"  {name}:\n    profile: {name}\n    redis: {rs.url(db)}\n"
+                      for db, name in enumerate(ENGINE_PROFILES, start=4))
     cfg.write_text(f"""# Written by `make demo`: the contract's minimal config plus 1 s intervals.
 systems:
   cape:
@@ -60,7 +65,9 @@ systems:
     profile: rq
     redis: {rs.url(2)}
     interval: 1s
-disks:
+  # The job engines described by configuration: watched, idle here (their incidents are healed
+  # with real workers in tests/exporter/test_engine_*.py and tests/remediator/test_engine_*.py).
+{engines}disks:
   - path: {storage}
     interval: 1s
 backups:

@@ -6,11 +6,12 @@ configuration (`queues: {type: engine}`), the way the engine's own recovery does
    own evidence says dead. More than `max_items`, a worker clock ahead of Redis', or more held
    work than can be read → refused before any write. Unknown holders are left alone.
 2. Per holder (a worker, a job's lock, a queue's heartbeat), in one MULTI/EXEC with its holding
-   and evidence keys WATCHed: the holder is judged again, and only if it is still dead are its
-   jobs pushed back (`push_to`, `end`; the job itself for a hash holding), removed from where it
-   held them, and the engine's further writes done (`also`, `per_worker`). A holder that beats
-   again in between, or a job that finished, is left alone; a second run finds nothing: each job
-   is given back once.
+   (or, with `holding.job_key`, its jobs' own keys) and evidence keys WATCHed: the holder is
+   judged again, and only if it is still dead are its jobs pushed back (`push_to`, `end`; the job
+   itself for a hash holding), removed from where it held them, and the engine's further writes
+   done (`also`, `per_worker`); an id whose job is gone (`push_if_in`) is only removed, as the
+   engine's recovery drops it. A holder that beats again in between, or a job that finished, is
+   left alone; a second run finds nothing: each job is given back once.
    With `watch`, holders that die within that long after are judged and given back the same way.
 3. Verify: within `window`, every queue that got work back has some of it picked up (it left
    the queue); else the step fails. The given-back work stays given back (it is recorded).
@@ -72,32 +73,39 @@ def _args(write: Write, names: dict[str, str], now: float) -> list[str]:
             for a in write.args]
 
 
-def _writes(engine: RedisEngine, jobs: list[HeldJob], now: float, whole_worker: bool) -> list[tuple[str, ...]]:
-    """The commands that give these jobs (one holder's) back, as the engine's recovery does; the
-    per-worker writes too when they are all the worker holds (`whole_worker`)."""
+def _writes(engine: RedisEngine, jobs: list[HeldJob], now: float, whole_worker: bool,
+            dropped: list[HeldJob]) -> list[tuple[str, ...]]:
+    """The commands that give these jobs (one holder's) back, as the engine's recovery does, and
+    that only remove the `dropped` ones (their job is gone); the per-worker writes too when that
+    is all the worker holds (`whole_worker`)."""
     recovery = engine.recovery
     assert recovery is not None
-    holding = engine.holding
-    out: list[tuple[str, ...]] = []
+    out: list[tuple[str, ...]] = [_unhold(engine, job) for job in dropped]
     for job in jobs:
         names = job.names()
         if recovery.push_to is not None:
             value = job.job_text if recovery.value == "job" else job.job
             assert value is not None
             out.append(("RPUSH" if recovery.end == "right" else "LPUSH", wire.render(recovery.push_to, **names), value))
-        if holding.type == "set":
-            out.append(("SREM", job.key, job.member.decode("utf-8", "surrogateescape")))
-        elif holding.type == "list":
-            out.append(("LREM", job.key, "1", job.member.decode("utf-8", "surrogateescape")))
-        elif holding.type == "hash":
-            out.append(("HDEL", job.key, job.member.decode("utf-8", "surrogateescape")))
-        else:
-            out.append(("DEL", wire.render(holding.key, **names)))
+        out.append(_unhold(engine, job))
         out += [(w.command.upper(), *_args(w, names, now)) for w in recovery.also]
-    worker = jobs[0].worker if jobs else None
+    worker = (jobs + dropped)[0].worker if jobs or dropped else None
     if worker is not None and whole_worker:
         out += [(w.command.upper(), *_args(w, {"worker": worker}, now)) for w in recovery.per_worker]
     return out
+
+
+def _unhold(engine: RedisEngine, job: HeldJob) -> tuple[str, ...]:
+    """The command that removes a job from where its holder held it."""
+    member = job.member.decode("utf-8", "surrogateescape")
+    kind = engine.holding.type
+    if kind == "set":
+        return ("SREM", job.key, member)
+    if kind == "list":
+        return ("LREM", job.key, "1", member)
+    if kind == "hash":
+        return ("HDEL", job.key, member)
+    return ("DEL", wire.render(engine.holding.key, **job.names()))
 
 
 async def _exhausted(pipe: Pipeline, engine: RedisEngine, job: HeldJob) -> bool:
@@ -113,21 +121,30 @@ async def _exhausted(pipe: Pipeline, engine: RedisEngine, job: HeldJob) -> bool:
         return True  # a counter the engine did not write: not ours to judge
 
 
+async def _gone(pipe: Pipeline, engine: RedisEngine, jobs: list[HeldJob]) -> list[HeldJob]:
+    """The held ids whose job is no longer where the engine keeps it (`push_if_in`)."""
+    where = engine.recovery.push_if_in if engine.recovery is not None else None
+    if where is None:
+        return []
+    return [j for j in jobs if not await pipe.hexists(wire.render(where, **j.names()), j.job)]
+
+
 @dataclass
 class GivenBack:
     given: list[HeldJob] = field(default_factory=list)
     exhausted: list[HeldJob] = field(default_factory=list)  # at the engine's attempts limit: left alone
+    dropped: list[HeldJob] = field(default_factory=list)  # ids whose job is gone: removed, not pushed back
     odd: list[str] = field(default_factory=list)  # holders left alone: a key to write has another type
 
 
-async def _odd_types(client: Any, pipe: Pipeline, writes: list[tuple[str, ...]]) -> list[str]:
-    """The keys these writes would fail on (WRONGTYPE). They are WATCHed first, so a key that
-    changes type before EXEC makes the transaction fail instead; read in one round trip."""
+async def _odd_types(client: Any, writes: list[tuple[str, ...]]) -> list[str]:
+    """The keys these writes would fail on (WRONGTYPE), read in one round trip. Not WATCHed: most
+    are shared by a whole queue (its list, its events stream) and change all the time; a key
+    whose type changes in the few milliseconds before EXEC is left to chance."""
     needed = {(w[1], KEY_TYPES[w[0]]) for w in writes if w[0] in KEY_TYPES}
     keys = sorted({key for key, _ in needed})
     if not keys:
         return []
-    await pipe.watch(*keys)
     async with client.pipeline(transaction=False) as reads:
         for key in keys:
             reads.type(key)
@@ -139,9 +156,14 @@ async def _odd_types(client: Any, pipe: Pipeline, writes: list[tuple[str, ...]])
 async def _give_back(client: Any, pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],
                      absences: detection.Absences, dry_run: bool) -> GivenBack:
     """Give back one dead holder's jobs, if it is still dead."""
-    watched = {j.key for j in jobs} | {holder.key}
-    if engine.holding.type == "lock":
-        watched |= {wire.render(engine.holding.key, **j.names()) for j in jobs}
+    holding = engine.holding
+    watched = {holder.key}
+    if holding.type == "lock":
+        watched |= {j.key for j in jobs} | {wire.render(holding.key, **j.names()) for j in jobs}
+    elif holding.job_key is not None:  # the job's own key: its queue-wide holding changes all the time
+        watched |= {wire.render(holding.job_key, **j.names()) for j in jobs}
+    else:
+        watched |= {j.key for j in jobs}
     await pipe.watch(*sorted(watched))
     now = redis_now(await pipe.time())
     raw = await detection.ask(pipe, engine, holder)
@@ -151,20 +173,22 @@ async def _give_back(client: Any, pipe: Pipeline, engine: RedisEngine, holder: E
         return GivenBack()
     still = [j for j in jobs if await detection.still_held(pipe, engine, j)]
     exhausted = [j for j in still if await _exhausted(pipe, engine, j)]
-    still = [j for j in still if j not in exhausted]
-    writes = _writes(engine, still, now, whole_worker=not exhausted) if still else []
-    odd = await _odd_types(client, pipe, writes)
+    # not watched: a job leaves it only when its holder, dead, acks it (or its queue is purged)
+    gone = await _gone(pipe, engine, [j for j in still if j not in exhausted])
+    still = [j for j in still if j not in exhausted and j not in gone]
+    writes = _writes(engine, still, now, whole_worker=not exhausted, dropped=gone) if still or gone else []
+    odd = await _odd_types(client, writes)
     if odd:
         await pipe.reset()  # type: ignore[no-untyped-call]
         return GivenBack(exhausted=exhausted, odd=odd)
-    if dry_run or not still:
+    if dry_run or not (still or gone):
         await pipe.reset()  # type: ignore[no-untyped-call]
-        return GivenBack(still, exhausted)
+        return GivenBack(still, exhausted, gone)
     pipe.multi()  # type: ignore[no-untyped-call]
     for command in writes:
         pipe.execute_command(*command)
     await pipe.execute()
-    return GivenBack(still, exhausted)
+    return GivenBack(still, exhausted, gone)
 
 
 async def _picked_up(client: Any, engine: RedisEngine, job: HeldJob) -> bool:
@@ -198,6 +222,10 @@ async def _unmoved(client: Any, engine: RedisEngine, given: list[HeldJob], windo
     return sorted(by_queue)
 
 
+def _by_queue(jobs: list[HeldJob]) -> dict[str, list[str]]:
+    return {q: [h.job for h in jobs if h.queue == q][:50] for q in sorted({h.queue for h in jobs})}
+
+
 class EngineStep(StepType[EngineSpec]):
     key: ClassVar[str] = "engine"
     spec: ClassVar[type[StepSpec]] = EngineSpec
@@ -216,15 +244,17 @@ class EngineStep(StepType[EngineSpec]):
         detail: dict[str, Any] = {"system": spec.system, "engine": engine.name}
         done = await self._round(spec, ctx, client, source, absences, spec.max_items, detail)
         if done.exhausted and not done.given:
+            detail["exhausted"] = [h.job for h in done.exhausted][:50]
             raise Refused(f"{len(done.exhausted)} held job(s) reached the engine's attempts limit and are left for "
                           "a person (the engine itself would fail them)", detail)
         if spec.watch and done.given and not ctx.dry_run:
             await self._watch(spec, ctx, client, source, absences, done, detail)
         if done.exhausted:
             detail["exhausted"] = [h.job for h in done.exhausted][:50]
+        if done.dropped:
+            detail["dropped"] = _by_queue(done.dropped)
         given = done.given
-        queues = sorted({h.queue for h in given})
-        detail["given_back"] = {q: [h.job for h in given if h.queue == q][:50] for q in queues}
+        detail["given_back"] = _by_queue(given)
         rows = [{"queue": h.queue, "job": h.job, "worker": h.worker} for h in given]
         if done.odd:
             detail["wrong_type"] = done.odd[:50]
@@ -237,7 +267,7 @@ class EngineStep(StepType[EngineSpec]):
             if unmoved:
                 raise StepFailed(f"work given back to {', '.join(unmoved)} was not picked up within {spec.window:g}s "
                                  "(no live worker takes it?)", detail)
-        return StepResult(rows=len(given), detail=detail, rows_returned=rows)
+        return StepResult(rows=len(given) + len(done.dropped), detail=detail, rows_returned=rows)
 
     async def _round(self, spec: EngineSpec, ctx: RunContext, client: Any, source: QueueSource,
                      absences: detection.Absences, budget: int, detail: dict[str, Any]) -> GivenBack:
@@ -266,6 +296,7 @@ class EngineStep(StepType[EngineSpec]):
                 done = await self._attempts(client, pipe, engine, holder, jobs, absences, ctx.dry_run)
                 out.given += done.given
                 out.exhausted += done.exhausted
+                out.dropped += done.dropped
                 out.odd += done.odd
         return out
 
@@ -284,6 +315,7 @@ class EngineStep(StepType[EngineSpec]):
                 detail["watch_stopped"] = str(e)
                 return
             done.given += late.given
+            done.dropped += late.dropped
             done.exhausted += [h for h in late.exhausted if h not in done.exhausted]
             done.odd += [o for o in late.odd if o not in done.odd]
 

@@ -232,7 +232,7 @@ class RedisStep(StepType[RedisSpec]):
         if plan.count > spec.max_items:
             raise Refused(f"{spec.operation} would touch {plan.count} items, more than max_items {spec.max_items}",
                           detail)
-        odd = await _odd_types(pipe, at, plan)
+        odd = await _odd_types(at, plan)
         if odd:
             raise StepFailed(f"{spec.operation}: {odd[0]}: nothing written (a write would fail inside MULTI/EXEC, "
                              "which does not roll back the others)", {**detail, "wrong_type": odd[:20]})
@@ -246,14 +246,14 @@ class RedisStep(StepType[RedisSpec]):
         return StepResult(rows=plan.count, detail=detail)
 
 
-async def _odd_types(pipe: Pipeline, at: Target, plan: Plan) -> list[str]:
-    """The keys the plan's writes would fail on (WRONGTYPE), WATCHed first (a key that changes
-    type before EXEC makes the transaction fail instead), read in one round trip."""
+async def _odd_types(at: Target, plan: Plan) -> list[str]:
+    """The keys the plan's writes would fail on (WRONGTYPE), read in one round trip. Not WATCHed:
+    a queue's list changes at every enqueue and take; a key whose type changes in the few
+    milliseconds before EXEC is left to chance."""
     needed = {typed for w in plan.writes if isinstance(w, Call) and (typed := w.typed_key) is not None}
     keys = sorted({key for key, _ in needed}, key=str)
     if not keys:
         return []
-    await pipe.watch(*keys)
     async with at.client.pipeline(transaction=False) as reads:
         for key in keys:
             reads.type(key)

@@ -117,6 +117,11 @@ class Holding(Model):
     type: Literal["set", "list", "hash", "lock"]
     key: KeyTemplate
     workers_in: str | None = None  # a set listing the workers (Sidekiq's `processes`); else SCAN for `key`
+    # set/list: a key per job ({job}) that the engine writes at every move of the job (BullMQ's job
+    # hash), WATCHed by the give-back instead of `key` when that key is shared by all workers of a
+    # queue and so changes at every take and finish (watching BullMQ's active list, a busy queue
+    # aborts every give-back)
+    job_key: KeyTemplate | None = None
     queue_field: str | None = None
     job_field: str | None = None
     job_id_field: str = "jid"  # hash: the key of the job's JSON that is its id
@@ -138,6 +143,10 @@ class Holding(Model):
                              "use {queue} (and {worker} when it is per worker), not {job}")
         if self.workers_in is not None and "worker" not in used:
             raise ValueError("workers_in lists workers: holding.key must contain {worker}")
+        if self.job_key is not None:
+            if self.type not in ("set", "list") or "job" not in placeholders(self.job_key):
+                raise ValueError("holding.job_key is a key per job ({job}) watched instead of a set or list holding")
+            _uses(self.job_key, self.names(), "holding.job_key")
         return self
 
     def names(self) -> set[str]:
@@ -151,11 +160,13 @@ class Heartbeat(Model):
 
     - `zset`: its score in one sorted set (`member`, default {worker}) is its last beat;
     - `hash`: a hash per worker (`key` with {worker}) whose `field` is its last beat;
+    - `ttl`: a key the worker re-expires to `expires_after` on every beat: its remaining TTL tells
+      how long ago it beat, on Redis' clock, whatever the worker's clock says (Sidekiq's <identity>);
     - `key`: the key exists (its expiry is the engine's own death rule); with `dead_after`, only a
       key that stays missing that long is death (arq deletes its queue's shared health key when
       any one worker stops gracefully, while the others run on and rewrite it)."""
 
-    type: Literal["zset", "hash", "key"]
+    type: Literal["zset", "hash", "ttl", "key"]
     key: KeyTemplate
     member: KeyTemplate = "{worker}"
     field: str | None = None
@@ -163,13 +174,20 @@ class Heartbeat(Model):
     # zset/hash: a beat older than this is death; key: missing for this long is death
     dead_after: Duration | None = Field(default=None, gt=0)
     missing: Literal["dead", "unknown"] = "unknown"  # no beat at all for a holder that holds work
+    expires_after: Duration | None = Field(default=None, gt=0)  # ttl: the expiry each beat sets
 
     @model_validator(mode="after")
     def _check(self) -> Heartbeat:
         if (self.type == "hash") != (self.field is not None):
             raise ValueError("heartbeat.field is the beat of a `hash` heartbeat, and only of it")
         if self.type != "key" and self.dead_after is None:
-            raise ValueError("heartbeat.dead_after is needed for a zset or hash heartbeat: how old a beat means death")
+            raise ValueError(f"heartbeat.dead_after is needed for a {self.type} heartbeat: how old a beat means death")
+        if (self.type == "ttl") != (self.expires_after is not None):
+            raise ValueError("heartbeat.expires_after is the expiry each beat sets on a `ttl` heartbeat's key, "
+                             "and only of it")
+        if self.type == "ttl" and self.dead_after is not None and self.expires_after is not None \
+                and self.dead_after >= self.expires_after:
+            raise ValueError("heartbeat.dead_after must be shorter than expires_after: the key is gone by then")
         _uses(self.key, {"worker", "queue"}, "heartbeat.key")
         _uses(self.member, {"worker", "queue"}, "heartbeat.member")
         return self
@@ -219,6 +237,10 @@ class Recovery(Model):
     push_to: KeyTemplate | None = None
     end: Literal["left", "right"] = "right"  # the engine's own choice of end
     value: Literal["job_id", "job"] = "job_id"  # the id, or the job itself (a hash holding's job_field)
+    # a hash whose field {job} is the held job (with {queue}: Dramatiq's "dramatiq:{queue}.msgs"): an
+    # id whose job is no longer there (its queue was purged) is only dropped from where it was held,
+    # never pushed back (a worker would fetch an id with no job, and hold it for ever)
+    push_if_in: KeyTemplate | None = None
     also: Writes = Field(default_factory=list)  # per job given back: {queue}, {worker}, {job}
     per_worker: Writes = Field(default_factory=list)  # once per dead worker, after its jobs: {worker}
     attempts: Attempts | None = None  # a job whose counter reached `max` is not given back (a person looks)
@@ -226,6 +248,9 @@ class Recovery(Model):
     @model_validator(mode="after")
     def _check(self) -> Recovery:
         _uses(self.push_to, {"queue"}, "recovery.push_to")
+        _uses(self.push_if_in, {"queue"}, "recovery.push_if_in")
+        if self.push_if_in is not None and self.push_to is None:
+            raise ValueError("recovery.push_if_in says which held ids are pushed back: it needs push_to")
         for where, writes, allowed in (("recovery.also", self.also, {"queue", "worker", "job"}),
                                        ("recovery.per_worker", self.per_worker, {"worker"})):
             for w in writes:

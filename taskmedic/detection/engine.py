@@ -307,6 +307,8 @@ def ask(client: Any, engine: RedisEngine, ev: Evidence) -> Any:
         return client.exists(ev.key)
     if beat.type == "zset":
         return client.zscore(ev.key, ev.member)
+    if beat.type == "ttl":
+        return client.pttl(ev.key)
     return client.hget(ev.key, beat.field)
 
 
@@ -351,7 +353,20 @@ def verdict(engine: RedisEngine, raw: Any, now: float, absences: Absences | None
         return ("alive" if raw else "dead"), 0.0
     if beat.type == "key":
         return (absences or Absences()).judge(key, bool(raw), now, beat.dead_after), 0.0
+    if beat.type == "ttl":
+        return _ttl_verdict(beat, raw)
     return _beat_verdict(beat, wire.seconds(raw, beat.unit), now, engine.clock_tolerance)
+
+
+def _ttl_verdict(beat: Heartbeat, pttl: Any) -> tuple[Verdict, float]:
+    """The time since the last beat is the expiry it set less what is left of it (Redis' clock)."""
+    assert beat.expires_after is not None and beat.dead_after is not None
+    left = int(pttl) if pttl is not None else -2
+    if left == -2:
+        return beat.missing, 0.0
+    if left < 0:
+        return "unknown", 0.0  # the key lost its expiry: not the engine's beat
+    return ("dead" if beat.expires_after - left / 1000.0 > beat.dead_after else "alive"), 0.0
 
 
 def _beat_verdict(beat: Heartbeat, at: float | None, now: float, tolerance: float) -> tuple[Verdict, float]:

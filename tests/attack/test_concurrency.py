@@ -28,6 +28,7 @@ def seed(r: redis.Redis) -> list[str]:
     s = int(ms / 1000)
     r.sadd("processes", "h:1:dead")
     r.hset("h:1:dead", "beat", str(s - 30))
+    r.expire("h:1:dead", 30)  # its last beat, 30 s ago, re-expired it to 60 s
     for t in range(5):
         job = json.dumps({"jid": f"jid-{t}", "queue": "default", "class": "J", "args": []})
         r.hset("h:1:dead:workers", f"tid-{t}", json.dumps({"queue": "default", "payload": job}))

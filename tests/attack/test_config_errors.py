@@ -28,7 +28,7 @@ BASE = """systems:
     ("holding: {key: 'dramatiq:__acks__.{worker}.{queue}}'}", "Single '}' encountered"),
     ("recovery: {also: [[flushall, x]]}", "also[0].command: Input should be"),
     ("recovery: {per_worker: [[del, 'x:{queue}']]}", "cannot use {queue}"),
-    ("recovery: {push_to: null}", "c.yml:6: systems.d.queues.engine: recovery.push_to"),
+    ("recovery: {push_to: null, push_if_in: null}", "c.yml:6: systems.d.queues.engine: recovery.push_to"),
 ])
 def test_a_bad_engine_description_is_a_file_line_error(tmp: Path, engine: str, error: str) -> None:
     (tmp / "c.yml").write_text(BASE + "        " + engine + "\n")

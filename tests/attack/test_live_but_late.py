@@ -59,8 +59,6 @@ async def test_a_beating_worker_whose_clock_is_behind_keeps_its_work(site: Site)
     assert r.llen("dramatiq:default") == 0
 
 
-@pytest.mark.xfail(strict=True, reason="sidekiq: the beat field is the process' own clock; its key's TTL (60 s, "
-                                       "renewed at each beat by Redis' clock) would say it lives")
 async def test_a_beating_sidekiq_process_whose_clock_is_behind_keeps_its_jobs(site: Site) -> None:
     r = redis.Redis.from_url(site.redis_url)
     identity = "host-c:333:behind"

@@ -22,6 +22,8 @@ def seed_dead_sidekiq(r: redis.Redis, queue: str = "default") -> str:
     r.sadd("processes", DEAD)
     r.hset(DEAD, mapping={"beat": str(seconds - 30), "busy": "1", "quiet": "false"})
     r.hset(f"{DEAD}:workers", "tid-1", json.dumps({"queue": queue, "payload": job, "run_at": seconds - 40}))
+    for key in (DEAD, f"{DEAD}:workers"):  # its last beat, 30 s ago, re-expired them to 60 s
+        r.expire(key, 30)
     return job
 
 

@@ -143,11 +143,11 @@ async def test_the_dead_queues_job_is_given_back_run_to_its_end_and_the_live_que
 async def test_with_no_live_worker_the_step_fails_and_the_job_stays_given_back_once(
         site: Site, workers: Workers, r: redis.Redis) -> None:
     orphan, doomed = orphaned(site, workers)
-    setup = arq_setup(site, window="2s")
+    setup = arq_setup(site, window="5s")  # no shorter than dead_after (4 s): the step would be refused
 
     report = await execute(setup, LABELS)
     assert report.outcome == "failed"
-    assert "doomed was not picked up within 2s" in (report.error or "")
+    assert "doomed was not picked up within 5s" in (report.error or "")
     assert step(report) == {"outcome": "failed", "rows": 0, "given_back": {"doomed": [orphan]}}
     # Given back: unlocked, still (once) first in its queue, its try count untouched until it runs.
     assert not r.exists(arq.in_progress_key(orphan))

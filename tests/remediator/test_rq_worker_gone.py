@@ -60,7 +60,9 @@ async def test_jobs_of_killed_workers_are_retried_or_failed_as_rq_does_and_live_
                        done=lambda count, n=n: count == n)
         by_name = dict(zip(names, (w0, w1, w2, w3), strict=True))
         # each idle worker may take any job: the one to kill is the one that took it
-        workers = {job_id: (conn.hget(f"rq:job:{job_id}", "worker_name") or b"").decode() for job_id, *_ in jobs}
+        # the job's worker_name may be written just after its started-registry entry
+        workers = {job_id: wait_until(lambda j=job_id: (conn.hget(f"rq:job:{j}", "worker_name") or b"").decode(), 10,
+                                      f"{job_id}'s worker_name") for job_id, *_ in jobs}
         for job_id in ("retried", "final"):
             kill(by_name[workers[job_id]])  # parent and horse
         horse = kill(by_name[workers["orphan"]], with_horse=False)

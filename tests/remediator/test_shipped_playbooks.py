@@ -210,10 +210,12 @@ def sidekiq_job(jid: str, now: float) -> str:
 
 
 def beat(url: str, identity: str, stop: threading.Event) -> None:
-    """What a live Sidekiq process does every few seconds: write its beat (its own clock)."""
+    """What a live Sidekiq process does every few seconds: write its beat and re-expire its keys."""
     client = redis.Redis.from_url(url)
     while not stop.wait(1.0):
         client.hset(identity, "beat", str(time.time()))
+        client.expire(identity, 60)
+        client.expire(f"{identity}:workers", 60)
 
 
 def seed_engines(r: redis.Redis) -> dict[str, str]:
@@ -240,6 +242,8 @@ def seed_engines(r: redis.Redis) -> dict[str, str]:
         r.hset(identity, mapping={"beat": str(beat), "busy": "1", "quiet": "false"})
         r.hset(f"{identity}:workers", "tid-1",
                json.dumps({"queue": "default", "payload": sidekiq_job(jid, now), "run_at": int(now) - 40}))
+        for key in (identity, f"{identity}:workers"):  # each beat re-expires them to 60 s
+            r.expire(key, int(60 - (now - beat)))
     # arq: a running job stays in the queue, marked in progress; no worker wrote the health check
     r.zadd("arq:queue", {"arq-job": ms - 600_000})
     r.set("arq:in-progress:arq-job", "1", px=300_000)

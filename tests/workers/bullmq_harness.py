@@ -182,6 +182,14 @@ def enqueue_sleep(redis_url: str, queue: str, seconds: float) -> str:
     return result.stdout.strip()
 
 
+def start_producer(redis_url: str, queue: str, count: int, seconds: float = 0) -> subprocess.Popen[bytes]:
+    """A producer adding `count` jobs of `seconds` each to `queue`, one after another, in its own
+    process group (stop it with `kill`): with instant jobs and free workers, a busy queue."""
+    return subprocess.Popen(["node", str(SCRIPTS / "enqueue.mjs"), redis_url, queue, str(seconds), str(count)],
+                            env=_node_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
 def kill(proc: subprocess.Popen[Any]) -> None:
     """SIGKILL the worker's whole process group, as a crash or an OOM kill would, and reap it."""
     with contextlib.suppress(ProcessLookupError):

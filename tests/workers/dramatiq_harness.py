@@ -4,9 +4,10 @@ dramatiq is installed once into its own venv, `.cache/engines/dramatiq/`, not th
 redis-py pin may conflict with ours. Workers are that venv's `dramatiq` command running
 tests/workers/dramatiq/actors.py, one process (`--processes 1`) in a session of its own, so a
 crash is a SIGKILL of the whole process group. Jobs push the broker id of the worker running them
-on marker lists, `taskmedic-harness:dramatiq:<redis_message_id>:started` / `:finished`.
+on marker lists, `taskmedic-harness:dramatiq:<redis_message_id>:started` / `:finished`, and the same
+under `message:<message_id>` (a delayed message gets a new redis id when it moves to its queue).
 
-Where dramatiq keeps work (docs: /work/findings/dramatiq.md), with the default namespace `dramatiq`:
+Where dramatiq keeps work (docs/engines.md), with the default namespace `dramatiq`:
 `dramatiq:<queue>` list of redis message ids (RPUSH in, LPOP out), `dramatiq:<queue>.msgs` hash id ->
 JSON message, `dramatiq:__acks__.<broker id>.<queue>` set of the ids a worker process fetched and
 has not acked, `dramatiq:__heartbeats__` zset broker id -> last command's time in ms (worker clock).
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -54,6 +56,22 @@ def messages_key(queue: str) -> str:
 
 def acks_key(broker_id: str, queue: str) -> str:
     return f"{NAMESPACE}:__acks__.{broker_id}.{queue}"
+
+
+def delay_queue(queue: str) -> str:
+    """Where dramatiq keeps `queue`'s delayed messages until their eta (a queue of its own)."""
+    return f"{queue}.DQ"
+
+
+def dead_letters_key(queue: str) -> str:
+    """The sorted set of `queue`'s dead-lettered message ids (not a queue of work)."""
+    return f"{NAMESPACE}:{queue}.XQ"
+
+
+@dataclass(frozen=True)
+class Sent:
+    message_id: str  # stays the same when a delayed message moves to its queue
+    redis_message_id: str  # the member of the queue list, `.msgs` hash and acks sets
 
 
 @dataclass(frozen=True)
@@ -96,11 +114,14 @@ def _engine_env(redis_url: str, queue: str) -> dict[str, str]:
 
 
 def start_worker(redis_url: str, queue: str, *, threads: int = 1, prefetch: int | None = 1,
+                 heartbeat_timeout_ms: int | None = None, maintenance_chance: int | None = None,
                  log_dir: Path | None = None) -> DramatiqWorker:
     """A worker process consuming `queue`, returned once its broker id is in the heartbeats zset.
 
     `prefetch` is how many messages it fetches (holds in its acks set) at once, running or not;
-    1 makes it hold exactly the job it runs. None keeps dramatiq's default, 2 x threads."""
+    1 makes it hold exactly the job it runs. None keeps dramatiq's default, 2 x threads.
+    `heartbeat_timeout_ms` and `maintenance_chance` (per million calls; 0: never) tune the
+    RedisBroker's own recovery, its "maintenance"; None keeps dramatiq's defaults (60000, 1000)."""
     bin_dir = ensure_installed()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="taskmedic-dramatiq-"))
     id_file = log_dir / f"worker-{os.urandom(4).hex()}.id"
@@ -108,6 +129,10 @@ def start_worker(redis_url: str, queue: str, *, threads: int = 1, prefetch: int 
     env = _engine_env(redis_url, queue) | {"TASKMEDIC_DRAMATIQ_ID_FILE": str(id_file)}
     if prefetch is not None:
         env["dramatiq_queue_prefetch"] = str(prefetch)
+    if heartbeat_timeout_ms is not None:
+        env["TASKMEDIC_DRAMATIQ_HEARTBEAT_TIMEOUT"] = str(heartbeat_timeout_ms)
+    if maintenance_chance is not None:
+        env["TASKMEDIC_DRAMATIQ_MAINTENANCE_CHANCE"] = str(maintenance_chance)
     argv = [str(bin_dir / "dramatiq"), "actors", "--path", str(SCRIPTS), "--processes", "1",
             "--threads", str(threads), "--queues", queue]
     with open(log, "wb") as out:
@@ -129,19 +154,45 @@ def _read_id(id_file: Path, proc: subprocess.Popen[bytes], log: Path) -> str:
     return id_file.read_text() if id_file.exists() else ""
 
 
-def enqueue_sleeps(redis_url: str, queue: str, *seconds: float) -> list[str]:
-    """Send one `sleep(s)` message per value through the real broker; their redis message ids
-    (members of the queue list, the `.msgs` hash and the acks sets), in order."""
+def _send(redis_url: str, queue: str, *args: str) -> list[Sent]:
     bin_dir = ensure_installed()
-    result = subprocess.run([str(bin_dir / "python"), str(SCRIPTS / "enqueue.py"), *map(str, seconds)],
+    result = subprocess.run([str(bin_dir / "python"), str(SCRIPTS / "enqueue.py"), *args],
                             env=_engine_env(redis_url, queue), capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise AssertionError(f"enqueue failed: {result.stderr[-2000:]}")
-    return [json.loads(line)["redis_message_id"] for line in result.stdout.splitlines()]
+    return [Sent(**json.loads(line)) for line in result.stdout.splitlines()]
+
+
+def enqueue_sleeps(redis_url: str, queue: str, *seconds: float) -> list[str]:
+    """Send one `sleep(s)` message per value through the real broker; their redis message ids
+    (members of the queue list, the `.msgs` hash and the acks sets), in order."""
+    return [sent.redis_message_id for sent in _send(redis_url, queue, *map(str, seconds))]
+
+
+def enqueue_delayed_sleep(redis_url: str, queue: str, seconds: float, delay_ms: int) -> Sent:
+    """A `sleep(seconds)` message delayed by `delay_ms`: it waits in `<queue>.DQ` (a worker's
+    delay-queue consumer fetches it at once and holds it in its `<queue>.DQ` acks set until its eta,
+    then enqueues it to `queue` under a new redis message id)."""
+    (sent,) = _send(redis_url, queue, "--delay", str(delay_ms), str(seconds))
+    return sent
+
+
+def enqueue_failure(redis_url: str, queue: str) -> str:
+    """A `fail()` message (no retries): once a worker runs it, a dead letter in `<queue>.XQ`."""
+    (sent,) = _send(redis_url, queue, "--fail")
+    return sent.redis_message_id
 
 
 def enqueue_sleep(redis_url: str, queue: str, seconds: float) -> str:
     return enqueue_sleeps(redis_url, queue, seconds)[0]
+
+
+def purge(redis_url: str, queue: str) -> None:
+    """dramatiq's own `broker.flush(queue)`: the queue's waiting ids and every message of it
+    (`.msgs`) are deleted, but the ids that workers hold stay in their acks sets."""
+    bin_dir = ensure_installed()
+    subprocess.run([str(bin_dir / "python"), str(SCRIPTS / "purge.py"), queue],
+                   env=_engine_env(redis_url, queue), check=True, capture_output=True, timeout=60)
 
 
 def started_by(client: redis.Redis, job_id: str) -> list[str]:
@@ -151,6 +202,15 @@ def started_by(client: redis.Redis, job_id: str) -> list[str]:
 
 def finished_by(client: redis.Redis, job_id: str) -> list[str]:
     return [redis_text(member) for member in client.lrange(f"{MARKERS}{job_id}:finished", 0, -1)]
+
+
+def message_started_by(client: redis.Redis, message_id: str) -> list[str]:
+    """`started_by` for a message id (a delayed message runs under a redis id of its own)."""
+    return started_by(client, f"message:{message_id}")
+
+
+def message_finished_by(client: redis.Redis, message_id: str) -> list[str]:
+    return finished_by(client, f"message:{message_id}")
 
 
 def wait_started(client: redis.Redis, job_id: str, timeout: float = 20) -> str:
@@ -186,4 +246,22 @@ def workers(redis_url: str, queue: str, count: int, *, threads: int = 1, prefetc
         yield started
     finally:
         for worker in started:
+            kill(worker)
+
+
+class Pool:
+    """Workers started one by one as a test needs them (all with the same options, those of
+    `start_worker`, unless given), each SIGKILLed by `close`."""
+
+    def __init__(self, redis_url: str, queue: str, log_dir: Path, **options: Any) -> None:
+        self.redis_url, self.queue, self.log_dir, self.options = redis_url, queue, log_dir, options
+        self.started: list[DramatiqWorker] = []
+
+    def start(self, **options: Any) -> DramatiqWorker:
+        worker = start_worker(self.redis_url, self.queue, log_dir=self.log_dir, **(self.options | options))
+        self.started.append(worker)
+        return worker
+
+    def close(self) -> None:
+        for worker in self.started:
             kill(worker)

@@ -4,7 +4,8 @@ packages it needs, unpacked once into .cache/engines/sidekiq/ and run by the sys
 Jobs are enqueued with the same two Redis commands Sidekiq::Client sends (SADD queues, LPUSH
 queue:<name> of the job's JSON), which spares a Ruby start-up per job. Each SleepJob
 (tests/workers/sidekiq/jobs.rb) marks its start and end under `harness:sidekiq:*`, because what
-Sidekiq itself records about a running job appears only at its next heartbeat, up to 5 s later.
+Sidekiq itself records about a running job appears only at its next heartbeat, up to 5 s later;
+it also counts its starts (`harness:sidekiq:runs:<jid>`), so a job run twice shows.
 """
 
 from __future__ import annotations
@@ -166,20 +167,31 @@ def start_worker(redis_url: str, queue: str, *, concurrency: int = 1, shutdown_t
                          log=log)[0]
 
 
-def enqueue_sleep(redis_url: str, queue: str, seconds: float) -> str:
-    """Enqueue a SleepJob exactly as Sidekiq::Client#push does (one pipeline, not a transaction)."""
+def sleep_job(queue: str, seconds: float) -> tuple[str, str]:
+    """A SleepJob as Sidekiq::Client writes it (compact JSON): its jid and its text."""
     jid = secrets.token_hex(12)
     now = time.time()
     job = {"retry": True, "queue": queue, "class": "SleepJob", "args": [seconds], "jid": jid,
            "created_at": now, "enqueued_at": now}
+    return jid, json.dumps(job, separators=(",", ":"))
+
+
+def enqueue(redis_url: str, queue: str, job_text: str) -> None:
+    """Enqueue a job exactly as Sidekiq::Client#push does (one pipeline, not a transaction)."""
     client = _client(redis_url)
     try:
         pipeline = client.pipeline(transaction=False)
         pipeline.sadd("queues", queue)
-        pipeline.lpush(f"queue:{queue}", json.dumps(job, separators=(",", ":")))
+        pipeline.lpush(f"queue:{queue}", job_text)
         pipeline.execute()
     finally:
         client.close()
+
+
+def enqueue_sleep(redis_url: str, queue: str, seconds: float) -> str:
+    """Enqueue a SleepJob; its jid."""
+    jid, text = sleep_job(queue, seconds)
+    enqueue(redis_url, queue, text)
     return jid
 
 
@@ -199,6 +211,11 @@ def job_runner(redis_url: str, jid: str) -> str | None:
 
 def job_finished(redis_url: str, jid: str) -> bool:
     return _marker(redis_url, "finished", jid) is not None
+
+
+def job_runs(redis_url: str, jid: str) -> int:
+    """How many times job `jid` has been started, by any process."""
+    return int(_marker(redis_url, "runs", jid) or 0)
 
 
 def wait_started(redis_url: str, jid: str, timeout: float = 10) -> str:

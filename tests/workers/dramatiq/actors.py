@@ -2,9 +2,13 @@
 
 Runs inside dramatiq's own venv (.cache/engines/dramatiq), never the project's: its redis-py pin
 may differ. Configured by environment, set by tests/workers/dramatiq_harness.py:
-TASKMEDIC_DRAMATIQ_REDIS_URL (broker), TASKMEDIC_DRAMATIQ_QUEUE (the actor's queue) and, in a
+TASKMEDIC_DRAMATIQ_REDIS_URL (broker), TASKMEDIC_DRAMATIQ_QUEUE (the actors' queue) and, in a
 worker, TASKMEDIC_DRAMATIQ_ID_FILE (where the worker process writes its broker id, the member it
 heartbeats under in `dramatiq:__heartbeats__` and the id in its `dramatiq:__acks__.<id>.<queue>` keys).
+Optional, else dramatiq's defaults: TASKMEDIC_DRAMATIQ_HEARTBEAT_TIMEOUT (ms: how stale another
+process' beat must be for this one's maintenance to give its acks back, default 60000) and
+TASKMEDIC_DRAMATIQ_MAINTENANCE_CHANCE (per million broker calls, default 1000; 0: this process never
+runs maintenance).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from dramatiq.middleware import CurrentMessage
 # Markers live outside dramatiq's namespace so they never look like engine state.
 MARKERS = "taskmedic-harness:dramatiq:"
 
-broker = RedisBroker(url=os.environ["TASKMEDIC_DRAMATIQ_REDIS_URL"])
+_tuning = {name: int(os.environ[var]) for name, var in (
+    ("heartbeat_timeout", "TASKMEDIC_DRAMATIQ_HEARTBEAT_TIMEOUT"),
+    ("maintenance_chance", "TASKMEDIC_DRAMATIQ_MAINTENANCE_CHANCE")) if os.environ.get(var)}
+broker = RedisBroker(url=os.environ["TASKMEDIC_DRAMATIQ_REDIS_URL"], **_tuning)
 broker.add_middleware(CurrentMessage())
 dramatiq.set_broker(broker)
 
@@ -28,16 +35,26 @@ if id_file := os.environ.get("TASKMEDIC_DRAMATIQ_ID_FILE"):
     Path(id_file).write_text(broker.broker_id)
 
 
-def _redis_message_id() -> str:
+def _markers() -> list[str]:
+    """Where this run is marked: under its redis_message_id and, as `message:<message_id>`, under
+    the id that survives a delayed message's move from `<queue>.DQ` to `<queue>` (a new redis id)."""
     message = CurrentMessage.get_current_message()
     assert message is not None
-    return str(message.options["redis_message_id"])
+    return [MARKERS + str(message.options["redis_message_id"]), f"{MARKERS}message:{message.message_id}"]
 
 
 @dramatiq.actor(queue_name=os.environ["TASKMEDIC_DRAMATIQ_QUEUE"], max_retries=0, time_limit=3_600_000)
 def sleep(seconds: float) -> None:
-    """Push this worker's broker id on `<MARKERS><redis_message_id>:started`, sleep, then on `:finished`."""
-    markers = MARKERS + _redis_message_id()
-    broker.client.rpush(markers + ":started", broker.broker_id)
+    """Push this worker's broker id on `<marker>:started`, sleep, then on `<marker>:finished`."""
+    markers = _markers()
+    for marker in markers:
+        broker.client.rpush(marker + ":started", broker.broker_id)
     time.sleep(seconds)
-    broker.client.rpush(markers + ":finished", broker.broker_id)
+    for marker in markers:
+        broker.client.rpush(marker + ":finished", broker.broker_id)
+
+
+@dramatiq.actor(queue_name=os.environ["TASKMEDIC_DRAMATIQ_QUEUE"], max_retries=0)
+def fail() -> None:
+    """Raise: with no retries left dramatiq nacks it, a dead letter in `dramatiq:<queue>.XQ`."""
+    raise RuntimeError("taskmedic harness: a job that fails")

@@ -1,6 +1,6 @@
-# Jobs a real Sidekiq worker runs in the tests. Each job marks in Redis when it starts (with the
-# identity of the Sidekiq process running it) and when it finishes, so a test knows without
-# waiting for Sidekiq's 5-second heartbeat.
+# Jobs a real Sidekiq worker runs in the tests. Each job counts its starts, and marks in Redis when
+# it starts (with the identity of the Sidekiq process running it) and when it finishes, so a test
+# knows without waiting for Sidekiq's 5-second heartbeat.
 require "redis"
 Redis.silence_deprecations = true # redis-rb 4.8 warns on every BRPOP Sidekiq 6.4 issues
 require "sidekiq"
@@ -17,6 +17,7 @@ class SleepJob
   include Sidekiq::Worker
 
   def perform(seconds)
+    Sidekiq.redis { |conn| conn.incr("harness:sidekiq:runs:#{jid}") }
     Harness.mark("started", jid, Harness.identity)
     sleep seconds
     Harness.mark("finished", jid, Time.now.to_f)
