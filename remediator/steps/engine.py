@@ -157,7 +157,11 @@ async def _give_back(client: Any, pipe: Pipeline, engine: RedisEngine, holder: E
                      absences: detection.Absences, dry_run: bool) -> GivenBack:
     """Give back one dead holder's jobs, if it is still dead."""
     holding = engine.holding
-    watched = {holder.key}
+    # A sorted set of every worker's beats changes with each beat of each worker: WATCHing it would
+    # starve the step on a busy fleet. The beat is read after the WATCH, a moment before EXEC, and
+    # a dead holder that comes back acts on its own holding keys, which are WATCHed.
+    shared = engine.heartbeat is not None and engine.heartbeat.type == "zset"
+    watched = set() if shared else {holder.key}
     if holding.type == "lock":
         watched |= {j.key for j in jobs} | {wire.render(holding.key, **j.names()) for j in jobs}
     elif holding.job_key is not None:  # the job's own key: its queue-wide holding changes all the time
@@ -204,18 +208,29 @@ async def _picked_up(client: Any, engine: RedisEngine, job: HeldJob) -> bool:
     return await client.lpos(wire.render(recovery.push_to, **job.names()), value) is None
 
 
+async def _head(client: Any, engine: RedisEngine, queue: str) -> Any:
+    """The queue's oldest waiting member (the next one taken), or None when it is empty."""
+    key = wire.render(engine.queues.key, queue=queue)
+    if engine.queues.type == "zset":
+        first = await client.zrange(key, 0, 0)
+        return first[0] if first else None
+    return await client.lindex(key, 0 if engine.queues.take_from == "left" else -1)
+
+
 async def _unmoved(client: Any, engine: RedisEngine, given: list[HeldJob], window: float) -> list[str]:
-    """Wait until each queue that got work back has some of it picked up; the queues that did not."""
+    """Wait until each queue that got work back moves: some of that work is picked up, or the
+    job that was next in line when it was given back is taken (a backlog ahead of work pushed
+    on the far end); the queues that did not move."""
     by_queue: dict[str, list[HeldJob]] = defaultdict(list)
     for job in given:
         by_queue[job.queue].append(job)
+    heads = {q: await _head(client, engine, q) for q in by_queue}
     deadline = time.monotonic() + window
     while by_queue:
         for queue, jobs in list(by_queue.items()):
-            for job in jobs:
-                if await _picked_up(client, engine, job):
-                    del by_queue[queue]
-                    break
+            moved = heads[queue] is not None and await _head(client, engine, queue) != heads[queue]
+            if moved or any([await _picked_up(client, engine, job) for job in jobs]):
+                del by_queue[queue]
         if not by_queue or time.monotonic() >= deadline:
             break
         await asyncio.sleep(POLL)
