@@ -11,7 +11,8 @@ shares the victim's queue.
 Timings: dramatiq's defaults throughout — a worker beats on each broker call (about every second,
 even on a long job), heartbeat_timeout 60 s, maintenance on 0.1 % of calls, prefetch 2 x threads
 (1 thread; nothing else waits, so each worker holds only its running job) — and the profile's
-default `dead_after: 15s`. The comparison is dramatiq's own recovery, from /work/findings/dramatiq.md
+default `dead_after` (60 s, dramatiq's own heartbeat_timeout). The comparison is dramatiq's own
+recovery, from docs/engines.md
 (defaults, one live idle worker on the queue): 293.3 s measured once from the kill to the job
 running again; by its rate (maintenance on 0.1 % of ~1.35 calls/s after the 60 s timeout) about
 740 s on average, with no bound; never when no live process uses the queue.
@@ -66,7 +67,7 @@ def measure(tmp: Path, rounds: int = 3) -> dict[str, float]:
     finally:
         rs.stop()
     return summary(runs, DRAMATIQ_RECOVERY_S) | {"recovery_mean_s": DRAMATIQ_RECOVERY_MEAN_S,
-                                                 "dead_after_s": 15.0, "heartbeat_timeout_s": 60.0}
+                                                 "dead_after_s": 60.0, "heartbeat_timeout_s": 60.0}
 
 
 def report_line(m: dict[str, float]) -> str:
