@@ -8,11 +8,10 @@ exporter's interval, and bench.liveness.kill_and_watch times `taskmedic_stuck_ta
 dramatiq judges liveness per worker process (its beat in `dramatiq:__heartbeats__`), so the twin
 shares the victim's queue.
 
-Timings: dramatiq's defaults throughout — a worker beats on each broker call (about every second,
-even on a long job), heartbeat_timeout 60 s, maintenance on 0.1 % of calls, prefetch 2 x threads
-(1 thread; nothing else waits, so each worker holds only its running job) — and the profile's
-default `dead_after` (60 s, dramatiq's own heartbeat_timeout). The comparison is dramatiq's own
-recovery, from docs/engines.md
+Timings: dramatiq's defaults — a worker beats on each broker call (about every second, even on a
+long job), heartbeat_timeout 60 s, maintenance on 0.1 % of calls — but prefetch 1 (1 thread: each
+worker holds only its running job), and the profile's default `dead_after` (60 s, dramatiq's own
+heartbeat_timeout). The comparison is dramatiq's own recovery, from docs/engines.md
 (defaults, one live idle worker on the queue): 293.3 s measured once from the kill to the job
 running again; by its rate (maintenance on 0.1 % of ~1.35 calls/s after the 60 s timeout) about
 740 s on average, with no bound; never when no live process uses the queue.
@@ -43,7 +42,9 @@ def dramatiq_round(tmp: Path, rs: RedisServer, i: int) -> dict[str, float]:
     client.flushdb()
     cfg = tmp / f"dramatiq-bench-{i}.yml"
     cfg.write_text(config(url))
-    pool = dramatiq.Pool(url, QUEUE, tmp, prefetch=None)  # dramatiq's defaults
+    # dramatiq's defaults but prefetch: with its 2 x threads the busy victim would also take the
+    # twin's job (held in its acks, never run), and the twin would have nothing to run
+    pool = dramatiq.Pool(url, QUEUE, tmp, prefetch=1)
     try:
         started = {}
         for role in ("victim", "twin"):  # one at a time, so each runs the job sent while it is the idle one
