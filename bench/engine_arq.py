@@ -85,14 +85,7 @@ def report_line(m: dict[str, float]) -> str:
             " | >= 10x sooner than the engine, 0 false positives |")
 
 
-def main() -> None:
-    """`python -m bench.engine_arq`: the numbers and the line, printed."""
-    from tests.services import tempdir
-
-    m = measure(tempdir("taskmedic-bench-arq-"))
-    print(m)
-    print(report_line(m))
-
-
 if __name__ == "__main__":
-    main()
+    from bench.engines import run  # imported here: bench.engines imports this module
+
+    run("arq")

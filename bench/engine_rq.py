@@ -27,7 +27,7 @@ import redis
 from rq import Queue
 
 from bench.liveness import kill_and_watch, summary
-from deploy.local.servers import RedisServer, tempdir
+from deploy.local.servers import RedisServer
 from tests.polling import wait_until
 from tests.workers.rq_run import kill, rq_worker, started, unique
 
@@ -82,12 +82,7 @@ def report_line(m: dict[str, Any]) -> str:
             "later) | >= 10x sooner than the engine, 0 false positives |")
 
 
-def main() -> None:
-    """`python -m bench.engine_rq`: the numbers and the line, printed."""
-    m = measure(tempdir("taskmedic-bench-rq-"))
-    print(m)
-    print(report_line(m))
-
-
 if __name__ == "__main__":
-    main()
+    from bench.engines import run  # imported here: bench.engines imports this module
+
+    run("rq")

@@ -26,7 +26,7 @@ from typing import Any
 import redis
 
 from bench.liveness import kill_and_watch, summary
-from deploy.local.servers import RedisServer, tempdir
+from deploy.local.servers import RedisServer
 from tests.workers import sidekiq_harness as sidekiq
 
 QUEUE = "bench"
@@ -91,12 +91,7 @@ def report_line(m: dict[str, Any]) -> str:
             "(the job is lost) | flagged well before the 60 s expiry, 0 false positives |")
 
 
-def main() -> None:
-    root = tempdir("taskmedic-bench-sidekiq-")
-    m = measure(root)
-    print(m)
-    print(report_line(m))
-
-
 if __name__ == "__main__":
-    main()
+    from bench.engines import run  # imported here: bench.engines imports this module
+
+    run("sidekiq")
