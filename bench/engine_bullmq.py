@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from bench.liveness import kill_and_watch
+from bench.redis_rounds import rounds_on_redis
 from deploy.local.servers import RedisServer
 from tests.polling import wait_until
 from tests.workers import bullmq_harness as bullmq
@@ -96,12 +97,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def measure(tmp: Path, rounds: int = 3) -> dict[str, Any]:
     bullmq.ensure_installed()
-    rs = RedisServer(tmp / "redis")
-    rs.start()
-    try:
-        return summary([one_round(tmp, rs, i) for i in range(rounds)])
-    finally:
-        rs.stop()
+    return summary(rounds_on_redis(tmp, "redis", one_round, rounds))
 
 
 def report_line(m: dict[str, Any]) -> str:

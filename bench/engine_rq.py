@@ -27,6 +27,7 @@ import redis
 from rq import Queue
 
 from bench.liveness import kill_and_watch, summary
+from bench.redis_rounds import rounds_on_redis
 from deploy.local.servers import RedisServer
 from tests.polling import wait_until
 from tests.workers.rq_run import kill, rq_worker, started, unique
@@ -62,12 +63,7 @@ def one_round(tmp: Path, rs: RedisServer, i: int) -> dict[str, float]:
 
 
 def measure(tmp: Path, rounds: int = 3) -> dict[str, Any]:
-    rs = RedisServer(tmp / "rq-bench-redis")
-    rs.start()
-    try:
-        runs = [one_round(tmp, rs, i) for i in range(rounds)]
-    finally:
-        rs.stop()
+    runs = rounds_on_redis(tmp, "rq-bench-redis", one_round, rounds)
     out: dict[str, Any] = dict(summary(runs, RQ_RECOVERY))
     return out | {"detect_s": [round(r["detect_s"], 1) for r in runs], "lease_s": (LEASE - HEARTBEAT, LEASE)}
 
