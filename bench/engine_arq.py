@@ -28,6 +28,7 @@ from pathlib import Path
 import redis
 
 from bench.liveness import kill_and_watch, summary
+from bench.redis_rounds import rounds_on_redis
 from deploy.local.servers import RedisServer
 from tests.workers import arq_harness as arq
 
@@ -66,12 +67,7 @@ def arq_round(tmp: Path, rs: RedisServer, i: int) -> dict[str, float]:
 
 def measure(tmp: Path, rounds: int = 3) -> dict[str, float]:
     arq.ensure_installed()
-    rs = RedisServer(tmp / "arq-bench-redis")
-    rs.start()
-    try:
-        runs = [arq_round(tmp, rs, i) for i in range(rounds)]
-    finally:
-        rs.stop()
+    runs = rounds_on_redis(tmp, "arq-bench-redis", arq_round, rounds)
     return summary(runs, ARQ_RECOVERY_S) | {"health_check_interval_s": HEALTH_CHECK_INTERVAL,
                                             "dead_after_s": DEAD_AFTER}
 
@@ -85,14 +81,7 @@ def report_line(m: dict[str, float]) -> str:
             " | >= 10x sooner than the engine, 0 false positives |")
 
 
-def main() -> None:
-    """`python -m bench.engine_arq`: the numbers and the line, printed."""
-    from tests.services import tempdir
-
-    m = measure(tempdir("taskmedic-bench-arq-"))
-    print(m)
-    print(report_line(m))
-
-
 if __name__ == "__main__":
-    main()
+    from bench.engines import run  # imported here: bench.engines imports this module
+
+    run("arq")

@@ -19,7 +19,6 @@ same kill. A round where BullMQ moved the job before the exporter saw it stalled
 from __future__ import annotations
 
 import random
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import Any
 import redis
 
 from bench.liveness import kill_and_watch
-from deploy.local.servers import RedisServer, tempdir
+from bench.redis_rounds import rounds_on_redis
+from deploy.local.servers import RedisServer
 from tests.polling import wait_until
 from tests.workers import bullmq_harness as bullmq
 
@@ -97,12 +97,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def measure(tmp: Path, rounds: int = 3) -> dict[str, Any]:
     bullmq.ensure_installed()
-    rs = RedisServer(tmp / "redis")
-    rs.start()
-    try:
-        return summary([one_round(tmp, rs, i) for i in range(rounds)])
-    finally:
-        rs.stop()
+    return summary(rounds_on_redis(tmp, "redis", one_round, rounds))
 
 
 def report_line(m: dict[str, Any]) -> str:
@@ -117,15 +112,7 @@ def report_line(m: dict[str, Any]) -> str:
             "never without | flagged as soon as the lock expires, 0 false positives |")
 
 
-def main() -> None:
-    root = tempdir("taskmedic-bench-bullmq-")
-    try:
-        m = measure(root)
-        print(m)
-        print(report_line(m))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 if __name__ == "__main__":
-    main()
+    from bench.engines import run  # imported here: bench.engines imports this module
+
+    run("bullmq", remove_tmp=True)

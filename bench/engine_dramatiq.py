@@ -24,6 +24,7 @@ from pathlib import Path
 import redis
 
 from bench.liveness import kill_and_watch, summary
+from bench.redis_rounds import rounds_on_redis
 from deploy.local.servers import RedisServer
 from tests.workers import dramatiq_harness as dramatiq
 
@@ -61,12 +62,7 @@ def dramatiq_round(tmp: Path, rs: RedisServer, i: int) -> dict[str, float]:
 
 def measure(tmp: Path, rounds: int = 3) -> dict[str, float]:
     dramatiq.ensure_installed()
-    rs = RedisServer(tmp / "dramatiq-bench-redis")
-    rs.start()
-    try:
-        runs = [dramatiq_round(tmp, rs, i) for i in range(rounds)]
-    finally:
-        rs.stop()
+    runs = rounds_on_redis(tmp, "dramatiq-bench-redis", dramatiq_round, rounds)
     return summary(runs, DRAMATIQ_RECOVERY_S) | {"recovery_mean_s": DRAMATIQ_RECOVERY_MEAN_S,
                                                  "dead_after_s": 60.0, "heartbeat_timeout_s": 60.0}
 
@@ -80,14 +76,7 @@ def report_line(m: dict[str, float]) -> str:
             "live process on the queue | >= 10x sooner than the engine, 0 false positives |")
 
 
-def main() -> None:
-    """`python -m bench.engine_dramatiq`: the numbers and the line, printed."""
-    from tests.services import tempdir
-
-    m = measure(tempdir("taskmedic-bench-dramatiq-"))
-    print(m)
-    print(report_line(m))
-
-
 if __name__ == "__main__":
-    main()
+    from bench.engines import run  # imported here: bench.engines imports this module
+
+    run("dramatiq")

@@ -27,7 +27,8 @@ import redis
 from rq import Queue
 
 from bench.liveness import kill_and_watch, summary
-from deploy.local.servers import RedisServer, tempdir
+from bench.redis_rounds import rounds_on_redis
+from deploy.local.servers import RedisServer
 from tests.polling import wait_until
 from tests.workers.rq_run import kill, rq_worker, started, unique
 
@@ -62,12 +63,7 @@ def one_round(tmp: Path, rs: RedisServer, i: int) -> dict[str, float]:
 
 
 def measure(tmp: Path, rounds: int = 3) -> dict[str, Any]:
-    rs = RedisServer(tmp / "rq-bench-redis")
-    rs.start()
-    try:
-        runs = [one_round(tmp, rs, i) for i in range(rounds)]
-    finally:
-        rs.stop()
+    runs = rounds_on_redis(tmp, "rq-bench-redis", one_round, rounds)
     out: dict[str, Any] = dict(summary(runs, RQ_RECOVERY))
     return out | {"detect_s": [round(r["detect_s"], 1) for r in runs], "lease_s": (LEASE - HEARTBEAT, LEASE)}
 
@@ -82,12 +78,7 @@ def report_line(m: dict[str, Any]) -> str:
             "later) | >= 10x sooner than the engine, 0 false positives |")
 
 
-def main() -> None:
-    """`python -m bench.engine_rq`: the numbers and the line, printed."""
-    m = measure(tempdir("taskmedic-bench-rq-"))
-    print(m)
-    print(report_line(m))
-
-
 if __name__ == "__main__":
-    main()
+    from bench.engines import run  # imported here: bench.engines imports this module
+
+    run("rq")

@@ -26,7 +26,8 @@ from typing import Any
 import redis
 
 from bench.liveness import kill_and_watch, summary
-from deploy.local.servers import RedisServer, tempdir
+from bench.redis_rounds import rounds_on_redis
+from deploy.local.servers import RedisServer
 from tests.workers import sidekiq_harness as sidekiq
 
 QUEUE = "bench"
@@ -36,7 +37,8 @@ DEAD_AFTER = 15.0  # the sidekiq profile's heartbeat.dead_after
 EXPIRY = 60.0  # Sidekiq 6.4: EXPIRE 60 on both hashes at every beat
 
 
-def one_round(tmp: Path, url: str, i: int) -> dict[str, float]:
+def one_round(tmp: Path, server: RedisServer, i: int) -> dict[str, float]:
+    url = server.url()
     client = redis.Redis.from_url(url, decode_responses=True)
     client.flushdb()
     with (tmp / f"sidekiq-bench-{i}-workers.log").open("wb") as log:
@@ -70,12 +72,7 @@ def one_round(tmp: Path, url: str, i: int) -> dict[str, float]:
 
 
 def measure(tmp: Path, rounds: int = 3) -> dict[str, Any]:
-    server = RedisServer(tmp / "sidekiq-bench-redis")
-    server.start()
-    try:
-        runs = [one_round(tmp, server.url(), i) for i in range(rounds)]
-    finally:
-        server.stop()
+    runs = rounds_on_redis(tmp, "sidekiq-bench-redis", one_round, rounds)
     margins = [r["margin_s"] for r in runs]
     return {**summary(runs, None), "recovery_s": math.inf, "margin_median_s": statistics.median(margins),
             "margin_min_s": min(margins), "beat_age_at_kill_s": [round(r["beat_age_s"], 2) for r in runs],
@@ -91,12 +88,7 @@ def report_line(m: dict[str, Any]) -> str:
             "(the job is lost) | flagged well before the 60 s expiry, 0 false positives |")
 
 
-def main() -> None:
-    root = tempdir("taskmedic-bench-sidekiq-")
-    m = measure(root)
-    print(m)
-    print(report_line(m))
-
-
 if __name__ == "__main__":
-    main()
+    from bench.engines import run  # imported here: bench.engines imports this module
+
+    run("sidekiq")

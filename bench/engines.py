@@ -4,11 +4,13 @@ them all after the other benchmarks."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from bench import engine_arq, engine_bullmq, engine_dramatiq, engine_rq, engine_sidekiq
+from deploy.local.servers import tempdir
 
 ENGINES: dict[str, ModuleType] = {"rq": engine_rq, "dramatiq": engine_dramatiq, "bullmq": engine_bullmq,
                                   "sidekiq": engine_sidekiq, "arq": engine_arq}
@@ -21,6 +23,20 @@ def measure(tmp: Path, rounds: int = 3) -> dict[str, dict[str, Any]]:
         out[f"engine_{name}"] = module.measure(tmp, rounds)
         print(out[f"engine_{name}"], flush=True)
     return out
+
+
+def run(name: str, remove_tmp: bool = False) -> None:
+    """`python -m bench.engine_<name>`: that engine alone, its numbers and its report line printed;
+    its temporary directory removed afterwards if `remove_tmp`."""
+    module = ENGINES[name]
+    root = tempdir(f"taskmedic-bench-{name}-")
+    try:
+        m = module.measure(root)
+        print(m)
+        print(module.report_line(m))
+    finally:
+        if remove_tmp:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def report_lines(results: dict[str, Any]) -> list[str]:

@@ -24,15 +24,12 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
-from exporter.collectors import Collector, build_all
-from exporter.config import ExporterConfig
+from exporter.collectors import Collector
 from exporter.runtime import run_once
 from exporter.snapshot import CollectorResult
-from taskmedic.config import load
 from taskmedic.config.model import QueueSource
-from taskmedic.connections import Connections
 from taskmedic.detection import engine
-from tests.exporter.helpers import value
+from tests.exporter.helpers import queue_collector, value
 from tests.workers import arq_harness as arq
 
 HEALTH_INTERVAL = 1.0
@@ -74,17 +71,8 @@ class Watch:
 
 @asynccontextmanager
 async def watching(tmp: Path, redis_url: str, names: list[str]) -> AsyncIterator[Watch]:
-    path = tmp / "taskmedic.yml"
-    path.write_text(config(redis_url, names))
-    loaded = load(ExporterConfig, path, environ={})
-    system = loaded.systems["work"]
-    assert system.queues is not None and system.redis is not None
-    connections = Connections("taskmedic-tests")
-    try:
-        (collector,) = [c for c in build_all(loaded, connections) if c.name == "queues:work"]
-        yield Watch(collector, system.queues, connections.redis(system.redis), engine.Absences())
-    finally:
-        await connections.close()
+    async with queue_collector(tmp, config(redis_url, names), "work") as (collector, source, client):
+        yield Watch(collector, source, client, engine.Absences())
 
 
 def counts(r: CollectorResult, *queues: str) -> dict[str, float | None]:

@@ -19,17 +19,9 @@ from exporter.snapshot import CollectorResult
 from taskmedic.config import load
 from taskmedic.connections import Connections
 from taskmedic.detection import engine
-from tests.exporter.helpers import collect, value
-from tests.workers.bullmq_harness import (
-    WorkerProcess,
-    enqueue_sleep,
-    ensure_installed,
-    job_state,
-    kill,
-    lock_key,
-    start_worker,
-    wait_held,
-)
+from tests.exporter.helpers import collect_up, held_counts, value
+from tests.workers.bullmq_harness import enqueue_sleep, job_state, kill, lock_key
+from tests.workers.bullmq_workers import workers_of
 
 QUEUE = "renders"
 LOCK_S = 3.0
@@ -42,18 +34,11 @@ def config(url: str) -> str:
 
 
 async def cycle(tmp: Path, url: str) -> CollectorResult:
-    result = (await collect(tmp, config(url)))[COLLECTOR]
-    assert result.up, result.error
-    return result
+    return await collect_up(tmp, config(url), COLLECTOR)
 
 
 def counts(r: CollectorResult) -> dict[str, float | None]:
-    return {"depth": value(r, "taskmedic_queue_depth", queue=QUEUE),
-            "unacked": value(r, "taskmedic_queue_unacked", queue=QUEUE),
-            "queued": value(r, "taskmedic_tasks", status="queued"),
-            "held": value(r, "taskmedic_tasks", status="held"),
-            "stuck": value(r, "taskmedic_stuck_tasks", status="held", reason="stalled"),
-            "trusted": value(r, "taskmedic_judgement_trusted")}
+    return held_counts(r, QUEUE, "stalled")
 
 
 async def dead_jobs(tmp: Path, url: str) -> list[str]:
@@ -72,18 +57,10 @@ async def dead_jobs(tmp: Path, url: str) -> list[str]:
 
 async def test_killed_workers_job_is_stalled_once_its_lock_expires_and_the_live_twins_never(
         redis_url: str, tmp: Path) -> None:
-    ensure_installed()
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    workers: list[WorkerProcess] = []
-    try:
-        doomed = start_worker(redis_url, QUEUE, name="doomed", **TIMINGS)
-        workers.append(doomed)
-        doomed_job = enqueue_sleep(redis_url, QUEUE, 300)
-        wait_held(redis_url, QUEUE, doomed_job)
-        live = start_worker(redis_url, QUEUE, name="live", **TIMINGS)
-        workers.append(live)
-        live_job = enqueue_sleep(redis_url, QUEUE, 300)
-        assert wait_held(redis_url, QUEUE, live_job).holder == live.worker_id
+    with workers_of(redis_url, QUEUE, **TIMINGS) as workers, \
+            redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        doomed, doomed_job = workers.start_on_job("doomed", 300)
+        live, live_job = workers.start_on_job("live", 300)
         live_started = time.monotonic()
         waiting_job = enqueue_sleep(redis_url, QUEUE, 1)  # both workers busy: it waits
         both_busy = {"depth": 1, "unacked": 2, "queued": 1, "held": 2}
@@ -137,7 +114,3 @@ async def test_killed_workers_job_is_stalled_once_its_lock_expires_and_the_live_
         assert orphan.in_active and orphan.lock_token is None and orphan.stalled_count == 0
         assert job_state(redis_url, QUEUE, waiting_job).in_wait
         assert not any(e["event"] == "stalled" for e in live.events)  # BullMQ's own checker did not act
-    finally:
-        for worker in workers:
-            kill(worker)
-        client.close()

@@ -24,14 +24,13 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
-from exporter.collectors import Collector, build_all
-from exporter.config import ExporterConfig
+from exporter.collectors import Collector
 from exporter.runtime import run_once
 from exporter.snapshot import CollectorResult
-from taskmedic.config import load
 from taskmedic.config.model import QueueSource
-from taskmedic.connections import Connections, redis_now
+from taskmedic.connections import redis_now
 from taskmedic.detection import engine
+from tests.exporter.helpers import queue_collector, value
 from tests.polling import wait_until
 from tests.workers import dramatiq_harness as dramatiq
 
@@ -68,24 +67,8 @@ class Watch:
 
 @asynccontextmanager
 async def watching(tmp: Path, redis_url: str) -> AsyncIterator[Watch]:
-    path = tmp / "taskmedic.yml"
-    path.write_text(config(redis_url))
-    loaded = load(ExporterConfig, path, environ={})
-    system = loaded.systems["work"]
-    assert system.queues is not None and system.redis is not None
-    connections = Connections("taskmedic-tests")
-    try:
-        (collector,) = [c for c in build_all(loaded, connections) if c.name == "queues:work"]
-        yield Watch(collector, system.queues, connections.redis(system.redis))
-    finally:
-        await connections.close()
-
-
-def value(result: CollectorResult, name: str, **labels: str) -> float | None:
-    want = set(labels.items())
-    hits = [s.value for s in result.samples if s.name == name and want <= set(s.labels)]
-    assert len(hits) <= 1, f"{name}{labels} matches {len(hits)} samples"
-    return hits[0] if hits else None
+    async with queue_collector(tmp, config(redis_url), "work") as (collector, source, client):
+        yield Watch(collector, source, client)
 
 
 def counts(r: CollectorResult) -> dict[str, float | None]:

@@ -15,7 +15,7 @@ from exporter.config import ExporterConfig
 from exporter.snapshot import CollectorResult
 from taskmedic.config import load
 from taskmedic.detection import engine
-from tests.exporter.helpers import collect, value
+from tests.exporter.helpers import collect_up, held_counts
 from tests.workers import sidekiq_harness as sidekiq
 
 QUEUE = "work"
@@ -47,18 +47,11 @@ async def observed(url: str, tmp: Path) -> engine.EngineState:
 
 
 async def collected(url: str, tmp: Path) -> CollectorResult:
-    result = (await collect(tmp, sidekiq_config(url)))["queues:sidekiq"]
-    assert result.up, result.error
-    return result
+    return await collect_up(tmp, sidekiq_config(url), "queues:sidekiq")
 
 
 def counts(r: CollectorResult) -> dict[str, float | None]:
-    return {"depth": value(r, "taskmedic_queue_depth", queue=QUEUE),
-            "unacked": value(r, "taskmedic_queue_unacked", queue=QUEUE),
-            "queued": value(r, "taskmedic_tasks", status="queued"),
-            "held": value(r, "taskmedic_tasks", status="held"),
-            "stuck": value(r, "taskmedic_stuck_tasks", status="held", reason=REASON),
-            "trusted": value(r, "taskmedic_judgement_trusted")}
+    return held_counts(r, QUEUE, REASON)
 
 
 async def test_killed_process_job_is_expiring_once_its_beat_is_dead_after_old_and_the_live_twin_never(

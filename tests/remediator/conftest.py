@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from remediator.config import Setup
 from remediator.server import make_app
@@ -18,6 +19,14 @@ from tests.services import PostgresServer
 @pytest.fixture
 def site(tmp: Path, db: Database, pg: PostgresServer, redis_url: str) -> Site:
     return Site(tmp=tmp, cape=db, journal=Database(pg, pg.create_database("journal")), redis_url=redis_url)
+
+
+@pytest.fixture
+def r(site: Site) -> Iterator[redis.Redis]:
+    """A client of the site's Redis (bytes replies), closed at the end of the test."""
+    client = redis.Redis.from_url(site.redis_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture

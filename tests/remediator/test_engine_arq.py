@@ -60,13 +60,6 @@ class Workers:
 
 
 @pytest.fixture
-def r(site: Site) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(site.redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def workers(site: Site) -> Iterator[Workers]:
     arq.ensure_installed()
     started = Workers(site)

@@ -48,13 +48,6 @@ def dramatiq_setup(site: Site, window: str = "30s") -> Setup:
 
 
 @pytest.fixture
-def r(site: Site) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(site.redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def pool(site: Site) -> Iterator[dramatiq.Pool]:
     dramatiq.ensure_installed()
     workers = dramatiq.Pool(site.redis_url, QUEUE, site.tmp, heartbeat_timeout_ms=int(DEAD_AFTER * 1000),

@@ -10,18 +10,8 @@ import time
 import redis
 
 from tests.polling import wait_until
-from tests.workers.bullmq_harness import (
-    JobState,
-    WorkerProcess,
-    enqueue_sleep,
-    ensure_installed,
-    job_state,
-    key,
-    kill,
-    start_worker,
-    wait_held,
-    worker_connection_name,
-)
+from tests.workers.bullmq_harness import JobState, job_state, key, kill, worker_connection_name
+from tests.workers.bullmq_workers import workers_of
 
 QUEUE = "renders"
 # Short enough for a quick test, long enough that a loaded machine does not stall a live job:
@@ -40,19 +30,10 @@ def lock_ttls(redis_url: str, job_id: str, seconds: float) -> list[JobState]:
 
 def test_killed_worker_leaves_its_job_active_and_locked_until_expiry_while_a_live_worker_renews_its_lock(
         redis_url: str) -> None:
-    ensure_installed()
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    workers: list[WorkerProcess] = []
-    try:
-        doomed = start_worker(redis_url, QUEUE, name="doomed", **FAST)
-        workers.append(doomed)
-        doomed_job = enqueue_sleep(redis_url, QUEUE, 300)
-        assert wait_held(redis_url, QUEUE, doomed_job).holder == doomed.worker_id
-
-        live = start_worker(redis_url, QUEUE, name="live", **FAST)
-        workers.append(live)
-        live_job = enqueue_sleep(redis_url, QUEUE, 300)
-        assert wait_held(redis_url, QUEUE, live_job).holder == live.worker_id
+    with workers_of(redis_url, QUEUE, **FAST) as workers, \
+            redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        doomed, doomed_job = workers.start_on_job("doomed", 300)
+        live, live_job = workers.start_on_job("live", 300)
 
         kill(doomed)
         killed = time.monotonic()
@@ -79,7 +60,3 @@ def test_killed_worker_leaves_its_job_active_and_locked_until_expiry_while_a_liv
         assert any(e["event"] == "stalled" and e["jobId"] == doomed_job for e in live.events)
         assert job_state(redis_url, QUEUE, live_job).holder == live.worker_id
         assert recovery < 3 + 2 + 3  # lock duration + two stalled checks + slack
-    finally:
-        for worker in workers:
-            kill(worker)
-        client.close()
