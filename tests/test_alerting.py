@@ -14,6 +14,8 @@ import re
 import shutil
 import subprocess
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,18 @@ K8S_CONFIG = ROOT / "deploy" / "kubernetes" / "alertmanager-receiver.yml"
 
 pytestmark = pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed (make deps)")
 
+
+
+@contextmanager
+def alertmanager(config: Path, tmp_path: Path) -> Iterator[str]:
+    """A real Alertmanager on `config`, ready; its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = ["prometheus-alertmanager", f"--config.file={config}", f"--storage.path={tmp_path}",
+            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
+    with running(argv, tmp_path / "alertmanager.log"):
+        wait_http(f"{url}/-/ready")
+        yield url
 
 def compose_playbooks() -> list[str]:
     config = yaml.safe_load((ROOT / "deploy" / "compose" / "taskmedic.yml").read_text(encoding="utf-8"))
@@ -155,14 +169,9 @@ def test_the_example_routes_work_once_uncommented(config: Path, tmp_path: Path) 
             labels = sample_labels(match)
             for severity in severities(labels["alertname"]):
                 assert receivers(enabled, {**labels, "severity": severity}) == ["taskmedic-remediator"], name
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = ["prometheus-alertmanager", f"--config.file={enabled}", f"--storage.path={tmp_path}",
-            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
-    with running(argv, tmp_path / "alertmanager.log"):
-        wait_http(f"{url}/-/ready")
-        with urllib.request.urlopen(f"{url}/api/v2/status", timeout=10) as response:
-            loaded = yaml.safe_load(json.load(response)["config"]["original"])  # as Alertmanager parsed it
+    with alertmanager(enabled, tmp_path) as url, \
+            urllib.request.urlopen(f"{url}/api/v2/status", timeout=10) as response:
+        loaded = yaml.safe_load(json.load(response)["config"]["original"])  # as Alertmanager parsed it
     routes = {tuple(sorted(r["matchers"])): r for r in loaded["route"]["routes"]}
     sidekiq = routes[('alertname="TaskmedicHeldWorkExpiring"', 'reason="expiring"', 'system="sidekiq"')]
     assert (sidekiq["receiver"], sidekiq["group_wait"], sidekiq["group_interval"]) == (
@@ -190,12 +199,7 @@ def alert_states(url: str) -> dict[tuple[str, str, str], dict[str, Any]]:
 
 
 def test_stacked_disk_alerts_page_once(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = ["prometheus-alertmanager", f"--config.file={COMPOSE_CONFIG}", f"--storage.path={tmp_path}",
-            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
-    with running(argv, tmp_path / "alertmanager.log"):
-        wait_http(f"{url}/-/ready")
+    with alertmanager(COMPOSE_CONFIG, tmp_path) as url:
         common = {"job": "taskmedic-exporter", "instance": "exporter:9863"}
         post_alerts(url, [
             # /data: critical and warning filling up, and almost out, all at once.
