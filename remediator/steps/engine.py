@@ -30,21 +30,16 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
 from remediator.steps.base import Need, Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
+from remediator.steps.redis_plan import KEY_TYPES, wrong_types
 from taskmedic.config.engine import RedisEngine, Write
 from taskmedic.config.model import Duration, Name, QueueSource
-from taskmedic.connections import redis_now, redis_text
+from taskmedic.connections import redis_now
 from taskmedic.detection import engine as detection
 from taskmedic.detection.engine import Evidence, HeldJob
 from taskmedic.wire import engine as wire
 
 ATTEMPTS = 5
 POLL = 0.2
-# The type each write needs its key to have (or to be missing: the write creates it). Redis'
-# MULTI/EXEC does not roll back: a write failing with WRONGTYPE inside it leaves the others
-# applied, e.g. a job taken from its holder and not pushed back (the only copy of a Sidekiq job).
-KEY_TYPES = {"RPUSH": "list", "LPUSH": "list", "LREM": "list", "SADD": "set", "SREM": "set", "HSET": "hash",
-             "HDEL": "hash", "HINCRBY": "hash", "ZADD": "zset", "ZREM": "zset", "XADD": "stream", "INCR": "string"}
-
 
 class EngineSpec(StepSpec):
     system: Name
@@ -138,19 +133,9 @@ class GivenBack:
 
 
 async def _odd_types(client: Any, writes: list[tuple[str, ...]]) -> list[str]:
-    """The keys these writes would fail on (WRONGTYPE), read in one round trip. Not WATCHed: most
-    are shared by a whole queue (its list, its events stream) and change all the time; a key
-    whose type changes in the few milliseconds before EXEC is left to chance."""
-    needed = {(w[1], KEY_TYPES[w[0]]) for w in writes if w[0] in KEY_TYPES}
-    keys = sorted({key for key, _ in needed})
-    if not keys:
-        return []
-    async with client.pipeline(transaction=False) as reads:
-        for key in keys:
-            reads.type(key)
-        types = dict(zip(keys, map(redis_text, await reads.execute()), strict=True))
-    return sorted(f"{key!r} is a {types[key]}, not a {kind}" for key, kind in needed
-                  if types[key] not in ("none", kind))
+    """The keys these writes would fail on (WRONGTYPE): MULTI/EXEC does not roll back, so a push
+    failing after its job left its holder would lose it (the only copy of a Sidekiq job)."""
+    return await wrong_types(client, {(w[1], KEY_TYPES[w[0].lower()]) for w in writes if w[0].lower() in KEY_TYPES})
 
 
 async def _give_back(client: Any, pipe: Pipeline, engine: RedisEngine, holder: Evidence, jobs: list[HeldJob],

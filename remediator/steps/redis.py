@@ -18,7 +18,7 @@ from redis.exceptions import RedisError, WatchError
 
 from remediator.steps.base import Need, Refused, RunContext, StepFailed, StepResult, StepSpec, StepType
 from remediator.steps.queue_repairs import FailAbandoned, RecoverWorkerGone, RequeueUnacked
-from remediator.steps.redis_plan import Call, Operation, Plan, Target, call
+from remediator.steps.redis_plan import Call, Operation, Plan, Target, call, wrong_types
 from remediator.templating import Template, glob_literal
 from taskmedic.config.model import Name
 from taskmedic.connections import redis_text
@@ -247,16 +247,6 @@ class RedisStep(StepType[RedisSpec]):
 
 
 async def _odd_types(at: Target, plan: Plan) -> list[str]:
-    """The keys the plan's writes would fail on (WRONGTYPE), read in one round trip. Not WATCHed:
-    a queue's list changes at every enqueue and take; a key whose type changes in the few
-    milliseconds before EXEC is left to chance."""
-    needed = {typed for w in plan.writes if isinstance(w, Call) and (typed := w.typed_key) is not None}
-    keys = sorted({key for key, _ in needed}, key=str)
-    if not keys:
-        return []
-    async with at.client.pipeline(transaction=False) as reads:
-        for key in keys:
-            reads.type(key)
-        types = dict(zip(keys, map(redis_text, await reads.execute()), strict=True))
-    return sorted(f"{redis_text(key)!r} is a {types[key]}, not a {kind}" for key, kind in needed
-                  if types[key] not in ("none", kind))
+    """The keys the plan's writes would fail on (WRONGTYPE)."""
+    return await wrong_types(at.client, {typed for w in plan.writes
+                                         if isinstance(w, Call) and (typed := w.typed_key) is not None})

@@ -12,6 +12,7 @@ from redis.asyncio.client import Pipeline
 
 from remediator.steps.base import RunContext
 from taskmedic.config.model import Model, System
+from taskmedic.connections import redis_text
 
 Write = Callable[[Pipeline], Any]
 
@@ -44,7 +45,23 @@ class Operation(Model):
 # The type a write's key must have (or be missing: the write creates it). Redis' MULTI/EXEC does
 # not roll back: a write failing with WRONGTYPE inside it leaves the others applied.
 KEY_TYPES = {"rpush": "list", "lpush": "list", "lrem": "list", "sadd": "set", "srem": "set", "hset": "hash",
-             "hdel": "hash", "zadd": "zset", "zrem": "zset", "xadd": "stream"}
+             "hdel": "hash", "hincrby": "hash", "zadd": "zset", "zrem": "zset", "xadd": "stream", "incr": "string"}
+
+
+async def wrong_types(client: aioredis.Redis, needed: set[tuple[Any, str]]) -> list[str]:
+    """Of the (key, type) pairs writes need, the keys of another type (they would fail with
+    WRONGTYPE), read in one round trip. Not WATCHed: most are shared by a whole queue (its list,
+    its events stream) and change all the time; a key whose type changes in the few milliseconds
+    before EXEC is left to chance."""
+    keys = sorted({key for key, _ in needed}, key=str)
+    if not keys:
+        return []
+    async with client.pipeline(transaction=False) as reads:
+        for key in keys:
+            reads.type(key)
+        types = dict(zip(keys, map(redis_text, await reads.execute()), strict=True))
+    return sorted(f"{redis_text(key)!r} is a {types[key]}, not a {kind}" for key, kind in needed
+                  if types[key] not in ("none", kind))
 
 
 @dataclass(frozen=True)
