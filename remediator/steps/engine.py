@@ -131,6 +131,13 @@ class GivenBack:
     dropped: list[HeldJob] = field(default_factory=list)  # ids whose job is gone: removed, not pushed back
     odd: list[str] = field(default_factory=list)  # holders left alone: a key to write has another type
 
+    def add(self, more: GivenBack) -> None:
+        """Count another holder's (or a later round's) outcome in; what is left alone, once."""
+        self.given += more.given
+        self.dropped += more.dropped
+        self.exhausted += [h for h in more.exhausted if h not in self.exhausted]
+        self.odd += [o for o in more.odd if o not in self.odd]
+
 
 async def _odd_types(client: Any, writes: list[tuple[str, ...]]) -> list[str]:
     """The keys these writes would fail on (WRONGTYPE): MULTI/EXEC does not roll back, so a push
@@ -243,14 +250,13 @@ class EngineStep(StepType[EngineSpec]):
         absences = detection.Absences()
         detail: dict[str, Any] = {"system": spec.system, "engine": engine.name}
         done = await self._round(spec, ctx, client, source, absences, spec.max_items, detail)
-        if done.exhausted and not done.given:
-            detail["exhausted"] = [h.job for h in done.exhausted][:50]
-            raise Refused(f"{len(done.exhausted)} held job(s) reached the engine's attempts limit and are left for "
-                          "a person (the engine itself would fail them)", detail)
         if spec.watch and done.given and not ctx.dry_run:
             await self._watch(spec, ctx, client, source, absences, done, detail)
         if done.exhausted:
             detail["exhausted"] = [h.job for h in done.exhausted][:50]
+            if not done.given:
+                raise Refused(f"{len(done.exhausted)} held job(s) reached the engine's attempts limit and are left "
+                              "for a person (the engine itself would fail them)", detail)
         if done.dropped:
             detail["dropped"] = _by_queue(done.dropped)
         given = done.given
@@ -293,11 +299,7 @@ class EngineStep(StepType[EngineSpec]):
         out = GivenBack()
         async with client.pipeline(transaction=True) as pipe:
             for holder, jobs in holders.items():
-                done = await self._attempts(client, pipe, engine, holder, jobs, absences, ctx.dry_run)
-                out.given += done.given
-                out.exhausted += done.exhausted
-                out.dropped += done.dropped
-                out.odd += done.odd
+                out.add(await self._attempts(client, pipe, engine, holder, jobs, absences, ctx.dry_run))
         return out
 
     async def _watch(self, spec: EngineSpec, ctx: RunContext, client: Any, source: QueueSource,
@@ -314,10 +316,7 @@ class EngineStep(StepType[EngineSpec]):
             except Refused as e:
                 detail["watch_stopped"] = str(e)
                 return
-            done.given += late.given
-            done.dropped += late.dropped
-            done.exhausted += [h for h in late.exhausted if h not in done.exhausted]
-            done.odd += [o for o in late.odd if o not in done.odd]
+            done.add(late)
 
     @staticmethod
     async def _observe(client: Any, source: QueueSource, absences: detection.Absences,

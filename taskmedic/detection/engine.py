@@ -405,7 +405,8 @@ async def observe(client: aioredis.Redis, source: QueueSource, absences: Absence
     evidence = [evidence_of(engine, h) for h in held]
     raw = await read_evidence(client, engine, evidence)
     now = redis_now(await client.time())
-    absences.since = {k: t for k, t in absences.since.items() if k in {ev.key for ev in evidence}}
+    keys = {ev.key for ev in evidence}
+    absences.since = {k: t for k, t in absences.since.items() if k in keys}
     for job, ev in zip(held, evidence, strict=True):
         judged, ahead = verdict(engine, raw[ev], now, absences, ev.key)
         if not job.is_text():
