@@ -29,13 +29,6 @@ log = logging.getLogger("taskmedic.exporter.rq")
 
 
 @dataclass(frozen=True)
-class StartedJob:
-    queue: str
-    job_id: str
-    worker: str
-
-
-@dataclass(frozen=True)
 class Judged:
     gone: int = 0
     orphaned: int = 0
@@ -97,7 +90,7 @@ class RqQueueCollector(RedisQueueCollector):
             at = enqueued.get(q)
             out.append(sample("taskmedic_queue_oldest_age_seconds", max(now - at, 0.0) if at else 0.0,
                               system=system, queue=q))
-        judged = await self._judge(await self._started_jobs(entries), src.worker_ttl_below)
+        judged = await self._judge(await rq.started_jobs(self.client, entries), src.worker_ttl_below)
         for status, n in totals.items():
             out.append(sample("taskmedic_tasks", n, system=system, status=status))
         doubts = self._doubt(judged, truncated, src.max_unacked_scanned)
@@ -125,19 +118,7 @@ class RqQueueCollector(RedisQueueCollector):
             self._doubts = doubts
         return doubts
 
-    async def _started_jobs(self, entries: list[tuple[str, str]]) -> list[StartedJob]:
-        """The started-registry entries whose job (the first candidate id whose hash exists) is
-        still `started` and names its worker."""
-        if not entries:
-            return []
-        async with self.client.pipeline(transaction=False) as pipe:
-            for _, entry in entries:
-                for job_id in rq.job_id_candidates(entry):
-                    pipe.hmget(rq.job_key(job_id), ["status", "worker_name"])
-            replies = iter(await pipe.execute())
-        return [StartedJob(q, *job) for q, entry in entries if (job := rq.started_by(entry, replies)) is not None]
-
-    async def _judge(self, jobs: list[StartedJob], ttl_below: float) -> Judged:
+    async def _judge(self, jobs: list[rq.StartedJob], ttl_below: float) -> Judged:
         workers = sorted({j.worker for j in jobs})
         if not workers:
             return Judged()

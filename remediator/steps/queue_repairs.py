@@ -167,14 +167,6 @@ JOB_FIELDS = ("status", "worker_name", "failure_ttl", "retries_left", "retry_int
               "ttl", "rate_limit_key")
 
 
-@dataclass(frozen=True)
-class StartedJob:
-    queue: str
-    entry: str  # the started-registry member
-    job_id: str
-    worker: str
-
-
 @dataclass
 class Recovered:
     requeued: dict[str, list[str]] = field(default_factory=dict)
@@ -183,7 +175,7 @@ class Recovered:
     rate_limited: dict[str, list[str]] = field(default_factory=dict)  # left for RQ's own cleanup
     orphaned: dict[str, list[str]] = field(default_factory=dict)  # their horse still runs them
 
-    def add(self, outcome: dict[str, list[str]], job: StartedJob) -> None:
+    def add(self, outcome: dict[str, list[str]], job: rq.StartedJob) -> None:
         outcome.setdefault(job.queue, []).append(job.job_id)
 
     @property
@@ -236,7 +228,7 @@ class RecoverWorkerGone(Operation):
                     writes += await self._recover(pipe, job, now, result)
         return Plan(result.count, writes, {"worker_ttl_below": ttl_below, **result.detail()})
 
-    async def _candidates(self, at: Target, ttl_below: float) -> list[StartedJob]:
+    async def _candidates(self, at: Target, ttl_below: float) -> list[rq.StartedJob]:
         """The started jobs whose worker looks gone (or orphaned) now, read without WATCH (live
         workers renew their entries and job hashes all the time); per queue, as many entries as
         the exporter judges (`queues.max_unacked_scanned`)."""
@@ -246,17 +238,11 @@ class RecoverWorkerGone(Operation):
         cap = source.max_unacked_scanned if source is not None else 10_000
         entries = [(queue, redis_text(member)) for queue in names
                    for member in await client.zrange(rq.registry_key("started", queue), 0, cap - 1)]
-        async with client.pipeline(transaction=False) as reads:
-            for _, entry in entries:
-                for job_id in rq.job_id_candidates(entry):
-                    reads.hmget(rq.job_key(job_id), ["status", "worker_name"])
-            replies = iter(await reads.execute())
-        jobs = [StartedJob(queue, entry, *job) for queue, entry in entries
-                if (job := rq.started_by(entry, replies)) is not None]
+        jobs = await rq.started_jobs(client, entries)
         verdicts = {w: await _liveness(client, w, ttl_below) for w in {j.worker for j in jobs}}
         return [j for j in jobs if verdicts[j.worker] in ("gone", "orphaned")]
 
-    async def _recover(self, pipe: Pipeline, job: StartedJob, now: float, result: Recovered) -> list[Write]:
+    async def _recover(self, pipe: Pipeline, job: rq.StartedJob, now: float, result: Recovered) -> list[Write]:
         """The writes RQ's cleanup makes for this job, if it is still `started` by that worker."""
         fields = dict(zip(JOB_FIELDS, await pipe.hmget(rq.job_key(job.job_id), list(JOB_FIELDS)), strict=True))
         if redis_text(fields["status"] or b"") != "started" or redis_text(fields["worker_name"] or b"") != job.worker:
@@ -283,7 +269,7 @@ class RecoverWorkerGone(Operation):
         return writes + failure_writes(job.queue, job.job_id, now, ttl, message)
 
 
-def _retry_writes(job: StartedJob, now: float, retries_left: int, interval: int, at_front: bool,
+def _retry_writes(job: rq.StartedJob, now: float, retries_left: int, interval: int, at_front: bool,
                   ttl: int) -> list[Write]:
     """rq/job.py Job.retry: scheduled in `interval` seconds, or queued again at once."""
     key = rq.job_key(job.job_id)

@@ -23,6 +23,7 @@ import json
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -145,3 +146,28 @@ def parse_time(raw: bytes | None) -> float | None:
 
 def format_time(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(at))
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    """A started-registry entry whose job is still `started` by a named worker."""
+
+    queue: str
+    entry: str  # the started-registry member
+    job_id: str
+    worker: str
+
+
+async def started_jobs(client: Any, entries: list[tuple[str, str]]) -> list[StartedJob]:
+    """Of (queue, started-registry member) pairs, those whose job is still `started` by a worker,
+    read in one round trip (see `started_by`)."""
+    if not entries:
+        return []
+    async with client.pipeline(transaction=False) as reads:
+        for _, entry in entries:
+            for job_id in job_id_candidates(entry):
+                reads.hmget(job_key(job_id), ["status", "worker_name"])
+        replies = iter(await reads.execute())
+    return [StartedJob(queue, entry, *job) for queue, entry in entries
+            if (job := started_by(entry, replies)) is not None]
+
